@@ -1,0 +1,52 @@
+"""canvas-engineering: structured latent canvases for diffusion transformers.
+
+Declare a :class:`CanvasLayout` (a (T, H, W) grid split into named regions) and a
+:class:`CanvasTopology` (which region attends to which, when, and how); compile them with
+:func:`compile_topology` into attention masks, loss weights and frame maps.
+"""
+
+from __future__ import annotations
+
+from canvas_engineering.attention_types import ATTENTION_TYPES, DEFAULT_ATTENTION
+from canvas_engineering.canvas import SpatiotemporalCanvas
+from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
+from canvas_engineering.errors import (
+    CanvasValidationError,
+    ConnectionValidationError,
+    LayoutValidationError,
+    RegionValidationError,
+    SchemaValidationError,
+    UnknownAttentionTypeError,
+    UnknownRegionError,
+)
+from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.region import RegionSpec
+from canvas_engineering.schema import CanvasSchema, transfer_distance
+from canvas_engineering.topology import AttentionOp, CanvasTopology, Connection, TemporalFill
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "DEFAULT_ATTENTION",
+    "AttentionOp",
+    "AttentionPlan",
+    "BlockView",
+    "CanvasLayout",
+    "CanvasSchema",
+    "CanvasTopology",
+    "CanvasValidationError",
+    "Connection",
+    "ConnectionValidationError",
+    "LayoutValidationError",
+    "RegionSpec",
+    "RegionValidationError",
+    "SchemaValidationError",
+    "SpatiotemporalCanvas",
+    "TemporalFill",
+    "UnknownAttentionTypeError",
+    "UnknownRegionError",
+    "__version__",
+    "compile_topology",
+    "transfer_distance",
+]

@@ -1,0 +1,70 @@
+"""The ``canvas-engineering`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from canvas_engineering.compiler import compile_topology
+    from canvas_engineering.presets import robot_manipulation_schema
+    from canvas_engineering.viz import layout_figure, mask_figure, save_figure
+
+    schema = robot_manipulation_schema()
+    print(schema.summary())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = compile_topology(schema.layout, schema.topology)
+    written = [
+        save_figure(layout_figure(schema.layout), out / "layout.png"),
+        save_figure(mask_figure(plan), out / "attention_mask.png"),
+    ]
+    schema.to_json(out / "schema.json")
+    for path in written + [out / "schema.json"]:
+        print(f"wrote {path}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from canvas_engineering.compiler import compile_topology
+    from canvas_engineering.errors import CanvasValidationError
+    from canvas_engineering.schema import CanvasSchema
+
+    try:
+        schema = CanvasSchema.from_json(Path(args.file))
+    except CanvasValidationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(schema.summary())
+    if args.png:
+        from canvas_engineering.viz import layout_figure, mask_figure, save_figure
+
+        stem = Path(args.png)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(layout_figure(schema.layout), stem.with_name(stem.stem + "_layout.png"))
+        save_figure(mask_figure(compile_topology(schema.layout, schema.topology)), stem.with_name(stem.stem + "_mask.png"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``canvas-engineering`` console script."""
+    parser = argparse.ArgumentParser(prog="canvas-engineering", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="declare the seed's robot canvas, print it and draw it")
+    demo.add_argument("--out", default="runs/demo", help="folder for the pictures and schema.json")
+    demo.set_defaults(run=_demo)
+    schema = sub.add_parser("schema", help="summarise (and draw) a schema JSON file")
+    schema.add_argument("file")
+    schema.add_argument("--png", help="write <stem>_layout.png and <stem>_mask.png")
+    schema.set_defaults(run=_schema)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""LightningDataModules (installed as ``canvas_engineering.datamodules``)."""

@@ -7,8 +7,11 @@ Declare a :class:`CanvasLayout` (a (T, H, W) grid split into named regions) and 
 
 from __future__ import annotations
 
+from canvas_engineering.attention_mask import AttentionMask
+from canvas_engineering.attention_type import AttentionType, QKVAttentionType
 from canvas_engineering.attention_types import ATTENTION_TYPES, DEFAULT_ATTENTION
 from canvas_engineering.canvas import SpatiotemporalCanvas
+from canvas_engineering.canvas_attention import CanvasAttention
 from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
 from canvas_engineering.errors import (
     CanvasValidationError,
@@ -20,6 +23,15 @@ from canvas_engineering.errors import (
     UnknownRegionError,
 )
 from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.plugin_host import (
+    DuplicateRegistrationError,
+    PluginLoadWarning,
+    UnknownPluginError,
+    get_registry,
+    hookimpl,
+    register_plugin,
+    unregister_plugin,
+)
 from canvas_engineering.region import RegionSpec
 from canvas_engineering.schema import CanvasSchema, transfer_distance
 from canvas_engineering.topology import AttentionOp, CanvasTopology, Connection, TemporalFill
@@ -29,24 +41,35 @@ __version__ = "0.1.0"
 __all__ = [
     "ATTENTION_TYPES",
     "DEFAULT_ATTENTION",
+    "AttentionMask",
     "AttentionOp",
     "AttentionPlan",
+    "AttentionType",
     "BlockView",
+    "CanvasAttention",
     "CanvasLayout",
     "CanvasSchema",
     "CanvasTopology",
     "CanvasValidationError",
     "Connection",
     "ConnectionValidationError",
+    "DuplicateRegistrationError",
     "LayoutValidationError",
+    "PluginLoadWarning",
+    "QKVAttentionType",
     "RegionSpec",
     "RegionValidationError",
     "SchemaValidationError",
     "SpatiotemporalCanvas",
     "TemporalFill",
     "UnknownAttentionTypeError",
+    "UnknownPluginError",
     "UnknownRegionError",
     "__version__",
     "compile_topology",
+    "get_registry",
+    "hookimpl",
+    "register_plugin",
     "transfer_distance",
+    "unregister_plugin",
 ]

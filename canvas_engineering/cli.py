@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,23 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    from canvas_engineering.plugin_host import get_registry
+
+    rows = [
+        {"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version, "source": e.source}
+        for e in get_registry().entries()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["kind", "name", "distribution", "version", "source"]
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}
+    for row in [dict(zip(cols, cols))] + rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``canvas-engineering`` console script."""
     parser = argparse.ArgumentParser(prog="canvas-engineering", description=__doc__)
@@ -62,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema.add_argument("file")
     schema.add_argument("--png", help="write <stem>_layout.png and <stem>_mask.png")
     schema.set_defaults(run=_schema)
+    plugins = sub.add_parser("plugins", help="list the registered attention types, backbones and datamodules")
+    plugins.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    plugins.set_defaults(run=_plugins)
     args = parser.parse_args(argv)
     return args.run(args)
 

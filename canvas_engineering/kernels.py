@@ -1,0 +1,242 @@
+"""Softmax attention over a group's mask with three interchangeable kernels.
+
+* ``"tiled"``: tile-packed SDPA. The non-empty (query block, key block) tiles are gathered
+  into windows and batched so dense SDPA runs only where attention is allowed; tiles that
+  are fully allowed with weight 1 run without any mask (SDPA's fastest path).
+* ``"flex"``: FlexAttention with a ``BlockMask`` (from the same tiles) and a ``score_mod``
+  adding log weights (GPU, or CPU without gradients: torch refuses flex backward on CPU).
+* ``"dense"``: SDPA with the full (nq, nk) additive mask, the reference.
+
+All compute ``softmax(beta * q.k * scale + log w) v`` over allowed keys; a query with no
+allowed key gets 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from canvas_engineering.attention_mask import AttentionMask
+
+__all__ = ["KERNELS", "Kernel", "resolve_kernel", "softmax_attention"]
+
+Kernel = Literal["auto", "flex", "tiled", "dense"]
+KERNELS: tuple[str, ...] = ("auto", "flex", "tiled", "dense")
+
+ExtraMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool) -> str:
+    """Pick the kernel for ``"auto"``: flex on GPU, tile-packed SDPA on CPU."""
+    if kernel not in KERNELS:
+        msg = f"kernel {kernel!r} must be one of {', '.join(KERNELS)}"
+        raise ValueError(msg)
+    if kernel == "flex" and device.type == "cpu" and needs_grad:
+        msg = "kernel 'flex' cannot train on CPU (torch refuses FlexAttention backward on CPU); use 'tiled' or 'auto'"
+        raise ValueError(msg)
+    if kernel != "auto":
+        return kernel
+    return "flex" if device.type == "cuda" else "tiled"
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    beta: float = 1.0,
+    scale: float | None = None,
+    kernel: str | None = None,
+    extra_mask: ExtraMask = None,
+) -> torch.Tensor:
+    """Masked softmax attention.
+
+    Args:
+        q: (B, H, nq, hd) queries in group order.
+        k: (B, H, nk, hd) keys; ``v``: (B, H, nk, hd) values.
+        mask: the group's mask.
+        beta: sharpening factor multiplying the logits.
+        scale: logit scale (default ``hd ** -0.5``).
+        kernel: overrides ``mask.kernel``.
+        extra_mask: optional position-level mask ``(q_index, k_index) -> bool`` (group-local
+            indices) ANDed with the class mask, e.g. a spatial window.
+
+    Returns:
+        (B, H, nq, hd).
+    """
+    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad)
+    if name == "dense":
+        return _dense(q, k, v, mask, scale, extra_mask)
+    if name == "flex":
+        return _flex(q, k, v, mask, scale, extra_mask)
+    return _tiled(q, k, v, mask, scale, extra_mask)
+
+
+def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+    weights = mask.dense_weights()
+    if extra_mask is not None:
+        weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
+    valid = (weights > 0).any(1)
+    bias = weights.log()
+    bias[~valid] = 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype), scale=scale)
+    return out * valid.to(q.device, q.dtype)[:, None]
+
+
+def _blocks(x: torch.Tensor, bs: int, n_blocks: int) -> torch.Tensor:
+    """(B, H, n, hd) -> (B*H, n_blocks, bs*hd), zero-padded: one row per block.
+
+    Blocks are then gathered with advanced indexing on dim 1, which copies whole rows
+    (``index_select`` on an inner dim is an order of magnitude slower on CPU).
+    """
+    pad = n_blocks * bs - x.shape[2]
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    return x.reshape(x.shape[0] * x.shape[1], n_blocks, bs * x.shape[3])
+
+
+def _assemble(outs: list[torch.Tensor], plan, shape: tuple[int, int, int, int]) -> torch.Tensor:  # noqa: ANN001
+    """Put each bucket's (B*H, nb, bs*hd) output back in query-block order -> (B, H, nq, hd)."""
+    B, H, nq, hd = shape
+    zero = outs[0].new_zeros(B * H, 1, outs[0].shape[2]) if outs else None
+    if zero is None:
+        return torch.zeros(shape)
+    out = torch.cat([*outs, zero], dim=1)[:, plan.assembly.to(zero.device)]  # (B*H, nqb, bs*hd)
+    return out.reshape(B, H, plan.n_q_blocks * plan.block_size, hd)[:, :, :nq]
+
+
+def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+    B, H, nq, hd = q.shape
+    bs = mask.choose_block_size() if extra_mask is None else 64
+    plan = mask.tiles(bs, extra_mask)
+    qb = _blocks(q, bs, plan.n_q_blocks)  # (B*H, nqb, bs*hd)
+    kb = _blocks(k, bs, plan.n_k_blocks)  # (B*H, nkb, bs*hd)
+    vb = _blocks(v, bs, plan.n_k_blocks)
+    outs = []
+    for bucket in plan.buckets:
+        nb, kn = bucket.k_blocks.shape
+        kblk = bucket.k_blocks.to(q.device)
+        qw = qb[:, bucket.q_blocks.to(q.device)].view(B * H, nb, bs, hd)
+        kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)  # each query block's key window
+        vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
+        bias = None if bucket.bias is None else bucket.bias.to(q.device, q.dtype)
+        o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
+        if bucket.row_valid is not None:
+            o = o * bucket.row_valid.to(q.device, q.dtype)[..., None]
+        outs.append(o.reshape(B * H, nb, bs * hd))
+    return _assemble(outs, plan, (B, H, nq, hd))
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    nq, nk = mask.num_queries, mask.num_keys
+    bs = 128
+    plan = mask.tiles(bs)
+    device = q.device
+    c = mask.class_table.shape[0]
+    table = torch.zeros(c + 1, c + 1)
+    table[:c, :c] = mask.class_table
+    allowed = (table > 0).to(device)
+    log_w = table.clamp(min=1e-30).log().to(device, q.dtype)
+    q_cls = torch.cat([mask.q_classes, torch.full((plan.n_q_blocks * bs - nq,), c)]).to(device)
+    k_cls = torch.cat([mask.k_classes, torch.full((plan.n_k_blocks * bs - nk,), c)]).to(device)
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        ok = allowed[q_cls[q_idx], k_cls[kv_idx]]
+        if extra_mask is not None:
+            ok = ok & extra_mask(q_idx.clamp(max=nq - 1), kv_idx.clamp(max=nk - 1))
+        return ok
+
+    def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        return score + log_w[q_cls[q_idx], k_cls[kv_idx]]
+
+    full = plan.clean if extra_mask is None else torch.zeros_like(plan.clean)
+    partial = plan.nonempty & ~full
+
+    def as_blocks(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = tiles.sum(-1).to(torch.int32)
+        idx = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num[None, None].to(device), idx[None, None].to(device)
+
+    kv_num, kv_idx = as_blocks(partial)
+    full_num, full_idx = as_blocks(full)
+    block_mask = BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(nq, nk)
+    )
+    if device.type == "cpu" and not torch.is_grad_enabled():
+        q, k, v = q.detach(), k.detach(), v.detach()  # flex refuses inputs that require grad on CPU
+    run = _compiled_flex() if device.type == "cuda" else flex_attention  # eager flex is a CPU reference path
+    out = run(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    return out * mask.row_has_key.to(device, q.dtype)[:, None]
+
+
+Normalizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def score_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    normalize: Normalizer,
+    beta: float = 1.0,
+    scale: float | None = None,
+    kernel: str | None = None,
+    extra_mask: ExtraMask = None,
+) -> torch.Tensor:
+    """Attention with explicit scores and a custom normaliser (sigmoid, top-k, ...).
+
+    ``normalize(scores, weights)`` receives logits ``beta * q.k * scale`` (..., nq, nk) and the
+    connection weights (0 where blocked) of the same shape, and returns the mixing weights;
+    it must give 0 wherever the weight is 0. Runs on the packed tiles (memory grows with the
+    allowed tiles) or, for ``kernel="dense"``, on the full (nq, nk) view.
+
+    Returns:
+        (B, H, nq, hd).
+    """
+    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
+    name = kernel or mask.kernel
+    if name == "dense":
+        weights = mask.dense_weights()
+        if extra_mask is not None:
+            weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
+        logits = (q @ k.transpose(-1, -2)) * scale
+        return normalize(logits, weights.to(q.device, q.dtype)) @ v
+    B, H, nq, hd = q.shape
+    bs = 64
+    plan = mask.tiles(bs, extra_mask if extra_mask is not None else _ALL)
+    qb, kb, vb = _blocks(q, bs, plan.n_q_blocks), _blocks(k, bs, plan.n_k_blocks), _blocks(v, bs, plan.n_k_blocks)
+    outs = []
+    for bucket in plan.buckets:
+        nb, kn = bucket.k_blocks.shape
+        kblk = bucket.k_blocks.to(q.device)
+        qw = qb[:, bucket.q_blocks.to(q.device)].view(B * H, nb, bs, hd)
+        kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)
+        vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
+        weights = bucket.bias.exp() * bucket.row_valid[..., None]  # (nb, bs, K*bs), 0 where blocked
+        logits = (qw @ kw.transpose(-1, -2)) * scale
+        o = normalize(logits, weights.to(q.device, q.dtype)) @ vw
+        outs.append(o.reshape(B * H, nb, bs * hd))
+    return _assemble(outs, plan, (B, H, nq, hd))
+
+
+def _all_keys(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+    """Extra mask that allows everything (forces explicit per-pair weights in every tile)."""
+    return torch.ones(torch.broadcast_shapes(q_idx.shape, k_idx.shape), dtype=torch.bool)
+
+
+_ALL: ExtraMask = _all_keys

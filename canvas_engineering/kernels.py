@@ -123,10 +123,19 @@ def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) ->
         nb, kn = bucket.k_blocks.shape
         kblk = bucket.k_blocks.to(q.device)
         qw = qb[:, bucket.q_blocks.to(q.device)].view(B * H, nb, bs, hd)
-        kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)  # each query block's key window
-        vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
         bias = None if bucket.bias is None else bucket.bias.to(q.device, q.dtype)
-        o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
+        if kn == plan.n_k_blocks:
+            # Every key block is in every window: attend the whole key sequence instead of
+            # copying it once per query block (dense topologies would otherwise blow up).
+            kw = kb.view(B * H, kn * bs, hd)
+            vw = vb.view(B * H, kn * bs, hd)
+            bias = None if bias is None else bias.reshape(nb * bs, kn * bs)
+            o = F.scaled_dot_product_attention(qw.reshape(B * H, nb * bs, hd), kw, vw, attn_mask=bias, scale=scale)
+        else:
+            kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)  # each query block's key window
+            vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
+            o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
+        o = o.reshape(B * H, nb, bs, hd)
         if bucket.row_valid is not None:
             o = o * bucket.row_valid.to(q.device, q.dtype)[..., None]
         outs.append(o.reshape(B * H, nb, bs * hd))

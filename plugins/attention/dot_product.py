@@ -104,12 +104,15 @@ class SparseAttention(QKVAttentionType):
         self.top_k = top_k
 
     def _mix(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        scores = logits + weights.log()  # -inf where blocked
+        allowed = weights > 0
+        # A finite floor instead of -inf keeps softmax (and its gradient) finite on rows
+        # with no allowed key; those rows are zeroed by `allowed` below.
+        floor = torch.finfo(logits.dtype).min / 2
+        scores = torch.where(allowed, logits + weights.clamp(min=1e-30).log(), floor)
         k = min(self.top_k, scores.shape[-1])
         kth = scores.topk(k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        return torch.nan_to_num(probs, nan=0.0) * (weights > 0)
+        scores = scores.masked_fill(scores < kth, floor)
+        return torch.softmax(scores, dim=-1) * allowed
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
         q, k, v = self.qkv(queries, keys)

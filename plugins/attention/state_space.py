@@ -27,7 +27,7 @@ from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask, ClassView
 from canvas_engineering.attention_type import AttentionType
-from canvas_engineering.plugins.attention.summaries import _check, _is_int, class_mean, mask_cached
+from canvas_engineering.plugins.attention.summaries import check_option, class_mean, is_int, mask_cached, zero_invalid
 
 __all__ = ["HyenaAttention", "MambaAttention", "RWKVAttention"]
 
@@ -68,7 +68,8 @@ class MambaAttention(AttentionType):
     times <= its own. Weights are output scales on each class's contribution (the output
     projection has no bias: all weights 0.5 halve the output). ``beta`` is ignored. A query
     with nothing visible gets 0. Cost O(N d + Cq Ck d_inner d_state), memory
-    (B, Cq, Ck, d_inner, d_state).
+    (B, Cq, Ck, d_inner, d_state). Where every query sees a single real time, nothing decays
+    and ``a_log`` gets no gradient (as in any scan of length one).
 
     Options:
         d_state: state size per channel (integer >= 1, default 8).
@@ -82,9 +83,9 @@ class MambaAttention(AttentionType):
         self, d_model: int, n_heads: int, d_state: int = 8, d_inner: int | None = None, **config: Any  # noqa: ANN401
     ) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, "d_state", d_state, _is_int(d_state) and d_state >= 1, "must be an integer >= 1")
-        ok = d_inner is None or (_is_int(d_inner) and d_inner >= 1)
-        _check(self.name, "d_inner", d_inner, ok, "must be an integer >= 1 or None")
+        check_option(self.name, "d_state", d_state, is_int(d_state) and d_state >= 1, "must be an integer >= 1")
+        ok = d_inner is None or (is_int(d_inner) and d_inner >= 1)
+        check_option(self.name, "d_inner", d_inner, ok, "must be an integer >= 1 or None")
         di = d_model if d_inner is None else d_inner
         self.d_state, self.d_inner = d_state, di
         self.in_proj = nn.Linear(d_model, di)
@@ -97,7 +98,9 @@ class MambaAttention(AttentionType):
             dt = torch.exp(torch.rand(di) * (math.log(1.0) - math.log(1e-2)) + math.log(1e-2))
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         vis, wv, order, later, valid = mask_cached(mask, "scan", queries.device, _scan_index)
@@ -117,7 +120,7 @@ class MambaAttention(AttentionType):
         h = torch.einsum("bcsin,bcsi,bsn->bcin", decay, x, b_in)  # (B, Cq, di, N)
         c_out = self.c_proj(queries)  # (B, nq, N)
         y = torch.einsum("bqin,bqn->bqi", h.index_select(1, view.q_class), c_out)
-        return self.out_proj(y) * valid.to(y.dtype)[:, None]
+        return zero_invalid(self.out_proj(y), valid)
 
 
 # -- rwkv ----------------------------------------------------------------------------
@@ -147,7 +150,8 @@ class RWKVAttention(AttentionType):
     Mask: blocked classes get ``-inf`` before the max and the exponential. Weights sit in
     numerator and denominator, i.e. act as log-weight biases on the WKV logits (``weight=0.5``
     halves a class's unnormalised mass), hence ``score_based = True``; ``beta`` multiplies those
-    logits. A query with no allowed key gets 0. Cost O(N d + Cq Ck d).
+    logits. A query with no allowed key gets 0. Cost O(N d + Cq Ck d). Where every query sees
+    a single key class the normalisation cancels ``key`` and ``time_decay`` (no gradient).
     """
 
     name = "rwkv"
@@ -161,7 +165,9 @@ class RWKVAttention(AttentionType):
         self.out_proj = nn.Linear(d_model, d_model)
         self.time_decay = nn.Parameter(torch.linspace(-3.0, 1.0, d_model))  # w = exp(.) in [0.05, 2.7]
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         allowed, bias, dt, valid = mask_cached(mask, "rwkv", queries.device, _rwkv_index)
@@ -176,7 +182,7 @@ class RWKVAttention(AttentionType):
         wkv = (e * v[:, None]).sum(2) / e.sum(2).clamp(min=torch.finfo(e.dtype).tiny)  # (B, Cq, d)
         r = torch.sigmoid(self.receptance(queries))
         out = self.out_proj(r * wkv.index_select(1, view.q_class))
-        return out * valid.to(out.dtype)[:, None]
+        return zero_invalid(out, valid)
 
 
 # -- hyena ---------------------------------------------------------------------------
@@ -223,12 +229,14 @@ class HyenaAttention(AttentionType):
         self, d_model: int, n_heads: int, filter_hidden: int = 32, n_freqs: int = 8, **config: Any  # noqa: ANN401
     ) -> None:
         super().__init__(d_model, n_heads, **config)
-        ok = _is_int(filter_hidden) and filter_hidden >= 1
-        _check(self.name, "filter_hidden", filter_hidden, ok, "must be an integer >= 1")
-        _check(self.name, "n_freqs", n_freqs, _is_int(n_freqs) and n_freqs >= 1, "must be an integer >= 1")
+        ok = is_int(filter_hidden) and filter_hidden >= 1
+        check_option(self.name, "filter_hidden", filter_hidden, ok, "must be an integer >= 1")
+        check_option(self.name, "n_freqs", n_freqs, is_int(n_freqs) and n_freqs >= 1, "must be an integer >= 1")
         self.n_freqs = n_freqs
         self.in_proj = nn.Linear(d_model, d_model)
-        self.filter_mlp = nn.Sequential(nn.Linear(2 * n_freqs, filter_hidden), nn.SiLU(), nn.Linear(filter_hidden, d_model))
+        self.filter_mlp = nn.Sequential(
+            nn.Linear(2 * n_freqs, filter_hidden), nn.SiLU(), nn.Linear(filter_hidden, d_model)
+        )
         self.decay = nn.Parameter(torch.linspace(-4.0, 0.0, d_model))  # softplus: rates in [0.018, 0.69]
         self.gate = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
@@ -244,7 +252,9 @@ class HyenaAttention(AttentionType):
         h = self.filter_mlp(feats.to(w_dtype)).to(dtype)
         return h * torch.exp(-F.softplus(self.decay.to(dtype)) * tau[:, None])
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         patterns, q_pattern, t_real, valid = mask_cached(mask, "hyena", queries.device, _hyena_index)
@@ -259,4 +269,4 @@ class HyenaAttention(AttentionType):
         y_cls = y[:, q_pattern, view.q_time]  # (B, Cq, d): each query class reads its pattern at its time
         y_q = y_cls.index_select(1, view.q_class).to(queries.dtype)
         out = self.out_proj(torch.sigmoid(self.gate(queries)) * y_q)
-        return out * valid.to(out.dtype)[:, None]
+        return zero_invalid(out, valid)

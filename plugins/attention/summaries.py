@@ -15,6 +15,7 @@ The small helpers here (per-mask index caches, class sums) are shared with
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -36,14 +37,15 @@ __all__ = ["CopyAttention", "LinearAttention", "NoneAttention", "PerceiverAttent
 _CACHE: weakref.WeakKeyDictionary[AttentionMask, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 
 
-def _check(name: str, option: str, value: Any, ok: bool, rule: str) -> None:  # noqa: ANN401
+def check_option(name: str, option: str, value: Any, ok: bool, rule: str) -> None:  # noqa: ANN401
     """Raise :class:`CanvasValidationError` naming the type and the option."""
     if not ok:
         msg = f"attention type {name!r}: option {option}={value!r} {rule}"
         raise CanvasValidationError(msg)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -66,14 +68,9 @@ def mask_cached(mask: AttentionMask, key: str, device: torch.device, build: Call
     return store[dev_key]
 
 
-def _row_valid(view: ClassView) -> tuple[torch.Tensor]:
-    """(nq,) bool: the query may attend at least one key."""
-    return (view.allowed.any(1)[view.q_class],)
-
-
-def row_valid(mask: AttentionMask, device: torch.device) -> torch.Tensor:
-    """(nq,) bool on ``device``: the query may attend at least one key."""
-    return mask_cached(mask, "row_valid", device, _row_valid)[0]
+def zero_invalid(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``out`` (B, nq, d) with the rows of queries that read nothing (``valid`` False) set to exactly 0."""
+    return torch.where(valid[:, None], out, out.new_zeros(()))
 
 
 def class_sum(x: torch.Tensor, cls: torch.Tensor, n_classes: int, dim: int = 1) -> torch.Tensor:
@@ -133,7 +130,7 @@ class LinearAttention(QKVAttentionType):
     0. Cost O(N hd^2 + Cq Ck hd^2) per head.
 
     Options:
-        eps: denominator stabiliser (> 0, default 1e-6).
+        eps: denominator stabiliser (finite, > 0, default 1e-6).
     """
 
     name = "linear_attention"
@@ -141,10 +138,13 @@ class LinearAttention(QKVAttentionType):
 
     def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6, **config: Any) -> None:  # noqa: ANN401
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, "eps", eps, isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0, "must be > 0")
+        ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0
+        check_option(self.name, "eps", eps, ok, "must be a finite number > 0")
         self.eps = float(eps)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         cq, ck = view.weights.shape
@@ -163,7 +163,7 @@ class LinearAttention(QKVAttentionType):
         num = fq_p @ m
         den = fq_p @ n[..., None]
         out = (num / (den + self.eps)).flatten(2, 3).index_select(2, q_slots)  # (B, H, nq, hd)
-        return self.merge(out) * valid.to(out.dtype)[:, None]
+        return zero_invalid(self.merge(out), valid)
 
 
 # -- pooling -------------------------------------------------------------------------
@@ -193,7 +193,9 @@ class PoolingAttention(AttentionType):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         (count,) = mask_cached(mask, "pooling", queries.device, _pool_index)
@@ -206,20 +208,28 @@ class PoolingAttention(AttentionType):
 # -- copy ----------------------------------------------------------------------------
 
 
-def _copy_pairs(view: ClassView, q_slot: torch.Tensor, k_slot: torch.Tensor) -> tuple:
-    ck = view.weights.shape[1]
+def _copy_index(view: ClassView, q_slot: torch.Tensor, k_slot: torch.Tensor) -> tuple:
+    """Slot table and both execution plans of :class:`CopyAttention` (see its docstring)."""
+    cq, ck = view.weights.shape
     nk = view.k_class.numel()
     n_slots = torch.zeros(ck, dtype=torch.long).index_reduce_(0, view.k_class, k_slot + 1, "amax", include_self=False)
-    table = torch.full((ck, int(n_slots.max()) if nk else 1), -1, dtype=torch.long)  # (Ck, max_slots)
+    table = torch.full((ck, int(n_slots.max())), -1, dtype=torch.long)  # (Ck, max_slots), -1 where absent
     table[view.k_class, k_slot] = torch.arange(nk)
+    n_allowed = view.allowed.sum(1).clamp(min=1)  # (Cq,) allowed key classes per query class
+    w_norm = view.weights.double() / n_allowed[:, None]  # (Cq, Ck), 0 where blocked
+    # sparse plan: one (query, key, weight) triple per allowed key class of each query
     allowed = view.allowed[view.q_class]  # (nq, Ck)
-    n_allowed = allowed.sum(1).clamp(min=1)
     qi, ci = allowed.nonzero(as_tuple=True)
     ki = table[ci, q_slot[qi] % n_slots[ci]]
     keep = ki >= 0
     qi, ci, ki = qi[keep], ci[keep], ki[keep]
-    w = view.weights.double()[view.q_class[qi], ci] / n_allowed[qi]
-    return qi, ki, w
+    w = w_norm[view.q_class[qi], ci]
+    # dense plan: slot-aligned key tokens G[c, s] = key at slot s mod n_c of class c
+    n_q_slots = int(q_slot.max()) + 1 if q_slot.numel() else 1
+    g_idx = table.gather(1, torch.arange(n_q_slots)[None, :] % n_slots[:, None])  # (Ck, S)
+    g_valid = g_idx >= 0
+    use_dense = cq * ck * n_q_slots <= 4 * max(qi.numel(), 1)
+    return qi, ki, w, use_dense, g_idx.clamp(min=0).flatten(), g_valid, w_norm, q_slot
 
 
 class CopyAttention(AttentionType):
@@ -233,8 +243,11 @@ class CopyAttention(AttentionType):
     with ``n_allowed(q)`` the number of key classes ``q`` may attend. No learned parameters.
     Mask: only allowed classes are read. Weights are output scales (all weights 0.5 halve the
     output). ``beta`` is ignored (nothing to sharpen). A query with no allowed key gets 0.
-    Implemented as a static (query, key, weight) pair list from a (Ck, max_slots) slot table;
-    cost O(N * allowed classes per query * d).
+    Built from a (Ck, max_slots) table of key indices (-1 where absent; an absent slot reads
+    nothing). Two exact plans, chosen per mask: a static (query, key, weight) pair list,
+    O(N * allowed classes per query * d), for sparse connectivity; or, when most class pairs
+    are allowed, slot-aligned key tokens ``G[c, s]`` mixed by one matmul over classes,
+    O(Cq * Ck * slots * d), then gathered at each query's (class, slot).
     """
 
     name = "copy"
@@ -242,16 +255,26 @@ class CopyAttention(AttentionType):
     #: pairs per index_add chunk (bounds the transient gathered tensor)
     _CHUNK = 1 << 16
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
-        qi, ki, w = mask_cached(
-            mask, "copy", queries.device, lambda view: _copy_pairs(view, mask.q_coords[:, 4].cpu(), mask.k_coords[:, 4].cpu())
+        view = mask.class_view(queries.device)
+        qi, ki, w, use_dense, g_idx, g_valid, w_norm, q_slot = mask_cached(
+            mask, "copy", queries.device, lambda v: _copy_index(v, mask.q_coords[:, 4].cpu(), mask.k_coords[:, 4].cpu())
         )
-        out = keys.new_zeros(keys.shape[0], queries.shape[1], keys.shape[2])
+        b, _, d = keys.shape
+        if use_dense:
+            cq, ck = w_norm.shape
+            g = keys.index_select(1, g_idx).unflatten(1, (ck, -1))  # (B, Ck, S, d)
+            g = torch.where(g_valid[None, :, :, None], g, keys.new_zeros(()))
+            out = torch.einsum("ac,bcsd->basd", w_norm.to(keys.dtype), g)  # (B, Cq, S, d)
+            return out[:, view.q_class, q_slot]
+        out = keys.new_zeros(b, queries.shape[1], d)
         w = w.to(keys.dtype)
         for start in range(0, qi.numel(), self._CHUNK):
             sl = slice(start, start + self._CHUNK)
-            out = out.index_add(1, qi[sl], keys.index_select(1, ki[sl]) * w[sl, None])
+            out.index_add_(1, qi[sl], keys.index_select(1, ki[sl]) * w[sl, None])
         return out
 
 
@@ -270,9 +293,15 @@ class PerceiverAttention(QKVAttentionType):
 
     Operator (multi-head, ``L = n_latents`` learned latent vectors ``lat``):
 
-    1. for every key class ``c``: ``Z_{c,l} = lat_l + concat_heads softmax_{k in c}(beta * lat_l . k_proj(k) / sqrt(hd)) v_proj(k)``
-       (segment softmax over the keys of class ``c`` only), giving ``Ck * L`` latent tokens;
-    2. ``out_q = out_proj( softmax_{(c, l)}(beta * q_proj(x_q) . lat_k(Z_{c,l}) / sqrt(hd) + log W[c(q), c]) lat_v(Z_{c,l}) )``.
+    1. for every key class ``c`` and latent ``l`` (segment softmax over the keys of ``c`` only)::
+
+           Z_{c,l} = lat_l + concat_heads( softmax_{k in c}(beta * lat_l . k_proj(k) / sqrt(hd)) v_proj(k) )
+
+       giving ``Ck * L`` latent tokens;
+    2. each query attends to the latent tokens of the classes it may see::
+
+           out_q = out_proj( softmax_{(c, l)}(beta * q_proj(x_q) . lat_k(Z_{c,l}) / sqrt(hd)
+                                              + log W[c(q), c]) lat_v(Z_{c,l}) )
 
     Mask: each latent token summarises one key class only, and the tokens of blocked classes
     get ``-inf`` in step 2. Weights are log-weight biases (``weight=0.5`` halves the mass of that
@@ -288,13 +317,15 @@ class PerceiverAttention(QKVAttentionType):
 
     def __init__(self, d_model: int, n_heads: int, n_latents: int = 4, **config: Any) -> None:  # noqa: ANN401
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, "n_latents", n_latents, _is_int(n_latents) and n_latents >= 1, "must be an integer >= 1")
+        check_option(self.name, "n_latents", n_latents, is_int(n_latents) and n_latents >= 1, "must be an integer >= 1")
         self.n_latents = n_latents
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * d_model**-0.5)
         self.lat_k = nn.Linear(d_model, d_model)
         self.lat_v = nn.Linear(d_model, d_model)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """(B, nq, d) updates; see the class docstring."""
         view = mask.class_view(queries.device)
         ck = view.weights.shape[1]
@@ -316,8 +347,9 @@ class PerceiverAttention(QKVAttentionType):
         # 2. queries attend to the latent tokens of the classes they may see.
         q = self.heads(self.q_proj(queries))
         lk, lv = self.heads(self.lat_k(z)), self.heads(self.lat_v(z))
-        out = F.scaled_dot_product_attention(q, lk, lv, attn_mask=bias.to(q.dtype).index_select(0, view.q_class), scale=scale)
-        return self.merge(out) * valid.to(out.dtype)[:, None]
+        attn_bias = bias.to(q.dtype).index_select(0, view.q_class)  # (nq, Ck * L)
+        out = F.scaled_dot_product_attention(q, lk, lv, attn_mask=attn_bias, scale=scale)
+        return zero_invalid(self.merge(out), valid)
 
 
 # -- none ----------------------------------------------------------------------------
@@ -333,7 +365,9 @@ class NoneAttention(AttentionType):
     name = "none"
     score_based = False
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """Zeros (B, nq, d_model)."""
         return torch.zeros(queries.shape[0], queries.shape[1], self.d_model, device=queries.device, dtype=queries.dtype)
 

@@ -51,7 +51,7 @@ class ClassView:
         return self.weights > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TileBucket:
     """Query blocks that share a number of key blocks and a masking need.
 
@@ -67,6 +67,20 @@ class TileBucket:
     k_blocks: torch.Tensor
     bias: torch.Tensor | None
     row_valid: torch.Tensor | None
+
+    @cached_property
+    def band(self) -> tuple[int, tuple[int, ...]] | None:
+        """``(q_start, k_starts)`` when the query blocks are consecutive and every window
+        column is a consecutive run too (banded masks such as causal_temporal): the kernels
+        then slice instead of gathering, which is much cheaper to differentiate."""
+        nb = self.q_blocks.numel()
+        steps = torch.arange(nb)
+        if not torch.equal(self.q_blocks, self.q_blocks[0] + steps):
+            return None
+        starts = self.k_blocks[0]
+        if not torch.equal(self.k_blocks, starts[None, :] + steps[:, None]):
+            return None
+        return int(self.q_blocks[0]), tuple(int(s) for s in starts)
 
 
 @dataclass(frozen=True)

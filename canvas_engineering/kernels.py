@@ -104,11 +104,26 @@ def _blocks(x: torch.Tensor, bs: int, n_blocks: int) -> torch.Tensor:
 def _assemble(outs: list[torch.Tensor], plan, shape: tuple[int, int, int, int]) -> torch.Tensor:  # noqa: ANN001
     """Put each bucket's (B*H, nb, bs*hd) output back in query-block order -> (B, H, nq, hd)."""
     B, H, nq, hd = shape
-    zero = outs[0].new_zeros(B * H, 1, outs[0].shape[2]) if outs else None
-    if zero is None:
+    if not outs:
         return torch.zeros(shape)
-    out = torch.cat([*outs, zero], dim=1)[:, plan.assembly.to(zero.device)]  # (B*H, nqb, bs*hd)
+    out = torch.cat(outs, dim=1)
+    if not torch.equal(plan.assembly, torch.arange(plan.n_q_blocks)):  # skipped blocks or out of order
+        zero = outs[0].new_zeros(B * H, 1, outs[0].shape[2])
+        out = torch.cat([out, zero], dim=1)[:, plan.assembly.to(zero.device)]  # (B*H, nqb, bs*hd)
     return out.reshape(B, H, plan.n_q_blocks * plan.block_size, hd)[:, :, :nq]
+
+
+def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """(B*H, nb, bs*hd) query blocks and (B*H, nb, K, bs*hd) key/value windows of a bucket."""
+    nb = bucket.q_blocks.numel()
+    if bucket.band is not None:  # slices: cheap backward, no scatter-add
+        q0, k0s = bucket.band
+        qw = qb[:, q0 : q0 + nb]
+        kw = torch.stack([kb[:, s : s + nb] for s in k0s], dim=2)
+        vw = torch.stack([vb[:, s : s + nb] for s in k0s], dim=2)
+        return qw, kw, vw
+    kblk = bucket.k_blocks.to(qb.device)
+    return qb[:, bucket.q_blocks.to(qb.device)], kb[:, kblk], vb[:, kblk]
 
 
 def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
@@ -121,19 +136,18 @@ def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) ->
     outs = []
     for bucket in plan.buckets:
         nb, kn = bucket.k_blocks.shape
-        kblk = bucket.k_blocks.to(q.device)
-        qw = qb[:, bucket.q_blocks.to(q.device)].view(B * H, nb, bs, hd)
         bias = None if bucket.bias is None else bucket.bias.to(q.device, q.dtype)
-        if kn == plan.n_k_blocks:
+        if kn == plan.n_k_blocks and bucket.band is None:
             # Every key block is in every window: attend the whole key sequence instead of
             # copying it once per query block (dense topologies would otherwise blow up).
             kw = kb.view(B * H, kn * bs, hd)
             vw = vb.view(B * H, kn * bs, hd)
             bias = None if bias is None else bias.reshape(nb * bs, kn * bs)
-            o = F.scaled_dot_product_attention(qw.reshape(B * H, nb * bs, hd), kw, vw, attn_mask=bias, scale=scale)
+            qw = qb[:, bucket.q_blocks.to(q.device)].reshape(B * H, nb * bs, hd)
+            o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
         else:
-            kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)  # each query block's key window
-            vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
+            qw, kw, vw = _windows(qb, kb, vb, bucket)  # each query block's key window
+            qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
             o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
         o = o.reshape(B * H, nb, bs, hd)
         if bucket.row_valid is not None:
@@ -232,10 +246,8 @@ def score_attention(
     outs = []
     for bucket in plan.buckets:
         nb, kn = bucket.k_blocks.shape
-        kblk = bucket.k_blocks.to(q.device)
-        qw = qb[:, bucket.q_blocks.to(q.device)].view(B * H, nb, bs, hd)
-        kw = kb[:, kblk].view(B * H, nb, kn * bs, hd)
-        vw = vb[:, kblk].view(B * H, nb, kn * bs, hd)
+        qw, kw, vw = _windows(qb, kb, vb, bucket)
+        qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
         weights = bucket.bias.exp() * bucket.row_valid[..., None]  # (nb, bs, K*bs), 0 where blocked
         logits = (qw @ kw.transpose(-1, -2)) * scale
         o = normalize(logits, weights.to(q.device, q.dtype)) @ vw

@@ -23,7 +23,7 @@ def _fmt(bounds: Sequence[int]) -> str:
     return "(" + ",".join(str(b) for b in bounds) + ")"
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class CanvasLayout:
     """Declarative canvas geometry: a (T, H, W) grid of ``d_model`` tokens and named regions.
 
@@ -86,8 +86,15 @@ class CanvasLayout:
             msg = f"CanvasLayout.t_current={self.t_current!r} must be an integer in [0, T={self.T}]"
             raise LayoutValidationError(msg)
 
+    def _key(self) -> tuple:
+        # Region order is part of identity: it fixes region ids (and so class ids).
+        return (self.T, self.H, self.W, self.d_model, self.t_current, tuple(self.regions.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CanvasLayout) and self._key() == other._key()
+
     def __hash__(self) -> int:
-        return hash((self.T, self.H, self.W, self.d_model, self.t_current, tuple(self.regions.items())))
+        return hash(self._key())
 
     # -- validation ------------------------------------------------------------------
 
@@ -154,7 +161,7 @@ class CanvasLayout:
     def region_indices(self, name: str) -> torch.Tensor:
         """Flat indices ``t*H*W + h*W + w`` of a region's positions, (t, h, w)-major, as a LongTensor."""
         self.region_spec(name)  # raises UnknownRegionError naming the region
-        return self._region_index_cache[name]
+        return self._region_index_cache[name].clone()  # callers may modify their copy
 
     @cached_property
     def _region_index_cache(self) -> dict[str, torch.Tensor]:

@@ -60,7 +60,8 @@ def transfer_distance(a: RegionSpec | Sequence[float], b: RegionSpec | Sequence[
     if va.norm() == 0 or vb.norm() == 0:
         msg = "transfer_distance: an all-zero embedding has no direction"
         raise CanvasValidationError(msg)
-    return float(1.0 - torch.nn.functional.cosine_similarity(va, vb, dim=0))
+    distance = 1.0 - torch.nn.functional.cosine_similarity(va, vb, dim=0)
+    return float(distance.clamp(0.0, 2.0))  # rounding can step just outside [0, 2]
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class CanvasSchema:
             SchemaValidationError: unreadable file, invalid JSON, or a missing/bad key (named).
         """
         where = "schema JSON"
-        if isinstance(source, os.PathLike) or not str(source).lstrip().startswith("{"):
+        if isinstance(source, os.PathLike) or not str(source).lstrip().startswith(("{", "[")):
             path = Path(source)
             where = f"schema file {str(path)!r}"
             try:
@@ -155,7 +156,11 @@ class CanvasSchema:
             key = f"layout.regions.{name}"
             spec = reader.mapping(spec, key)
             kwargs = dict(spec)
-            kwargs["bounds"] = tuple(reader.get(spec, "bounds", key))
+            bounds = reader.get(spec, "bounds", key)
+            if not isinstance(bounds, list):
+                msg = f"{where}: key '{key}.bounds' must be a list of six integers, got {bounds!r}"
+                raise SchemaValidationError(msg)
+            kwargs["bounds"] = tuple(bounds)
             regions[name] = reader.build(RegionSpec, kwargs, key)
         layout = reader.build(
             CanvasLayout,

@@ -201,8 +201,23 @@ class CanvasTopology:
     ) -> CanvasTopology:
         """Same-frame self-attention plus previous-frame attention to every region (itself included).
 
-        No query sees a later frame than its own.
+        No query sees a later frame than its own, so ``temporal_fill`` may be ``HOLD`` or
+        ``DROP``; ``INTERPOLATE`` would read the dst frame after the target and is refused.
+
+        Raises:
+            ConnectionValidationError: ``temporal_fill`` is ``INTERPOLATE`` (or not a fill mode).
         """
+        try:
+            temporal_fill = TemporalFill(temporal_fill)
+        except ValueError:
+            msg = f"causal_temporal: temporal_fill {temporal_fill!r} must be 'hold' or 'drop'"
+            raise ConnectionValidationError(msg) from None
+        if temporal_fill is TemporalFill.INTERPOLATE:
+            msg = (
+                "causal_temporal: temporal_fill 'interpolate' would let a query read a slower region's "
+                "next frame, which lies in its future; use 'hold' (default) or 'drop'"
+            )
+            raise ConnectionValidationError(msg)
         conns = [Connection(r, r, t_src=0, t_dst=0, temporal_fill=temporal_fill) for r in regions]
         conns += [
             Connection(s, d, t_src=0, t_dst=-1, temporal_fill=temporal_fill) for s in regions for d in regions

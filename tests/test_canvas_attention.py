@@ -112,6 +112,10 @@ def test_forward_maps_tokens_to_updates_of_the_same_shape() -> None:
     torch.testing.assert_close(
         attn.plan.dense_weights(), compile_topology(LAYOUT, CanvasTopology(MIXED)).dense_weights(), atol=0, rtol=0
     )
+    narrow = CanvasAttention(LAYOUT, CanvasTopology(MIXED), d_model=16, n_heads=HEADS)  # overrides layout.d_model
+    assert narrow(torch.randn(2, N, 16)).shape == (2, N, 16)
+    with pytest.raises(ValueError, match=rf"\(B, {N}, 16\)"):
+        narrow(tokens())
 
 
 def test_fn_resolution_connection_then_region_default_then_cross_attention() -> None:

@@ -134,7 +134,8 @@ def layouts(draw: st.DrawFn, slow: bool = False) -> CanvasLayout:
     axis = draw(st.sampled_from("hw"))
     length = H if axis == "h" else W
     k = draw(st.sampled_from(range(min(3, length), 0, -1)))
-    cuts = sorted(draw(st.lists(st.integers(1, length - 1), min_size=k - 1, max_size=k - 1, unique=True))) if k > 1 else []
+    cuts = draw(st.lists(st.integers(1, length - 1), min_size=k - 1, max_size=k - 1, unique=True)) if k > 1 else []
+    cuts = sorted(cuts)
     edges = [0, *cuts, length]
     names = draw(st.permutations(["r0", "r1", "r2"]))[:k]  # random declaration order
     regions = {}
@@ -348,8 +349,9 @@ FLEX_BLOCK = 16
 
 
 def _flex_layout() -> tuple[CanvasLayout, CanvasTopology]:
-    """N = 5*3*4 = 60 (not a multiple of 16), every region self-attends its own frame, so
-    every assigned query has a key; the spare column is unassigned and is left out."""
+    """N = 5*3*4 = 60 (not a multiple of 16). Every region self-attends its own frame, so every
+    assigned query has a key; the unassigned positions (column w=3, and 'slow''s cell past its
+    last frame) have none."""
     layout = CanvasLayout(
         T=5, H=3, W=4, d_model=8,
         regions={
@@ -465,7 +467,9 @@ def test_flex_attention_every_row_has_a_key() -> None:
         T=3, H=3, W=3, d_model=8,
         regions={"x": (0, 3, 0, 3, 0, 2), "y": RegionSpec((0, 2, 0, 3, 2, 3), period=2), "z": (2, 3, 0, 3, 2, 3)},
     )
-    topo = CanvasTopology([*CanvasTopology.causal_temporal(["x", "y", "z"]).connections, Connection("z", "y", t_src=0, t_dst=-1)])
+    topo = CanvasTopology(
+        [*CanvasTopology.causal_temporal(["x", "y", "z"]).connections, Connection("z", "y", t_src=0, t_dst=-1)]
+    )
     out, ref, has_key = _flex_vs_sdpa(layout, topo, seed=1)
     assert bool(has_key.all())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

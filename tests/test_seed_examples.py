@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from canvas_engineering import (
+    ConnectionValidationError,
     ATTENTION_TYPES,
     DEFAULT_ATTENTION,
     AttentionOp,
@@ -119,6 +120,21 @@ def test_robot_canvas_create_place_extract(robot_layout: CanvasLayout) -> None:
     both = canvas.place(placed, act, "action")
     assert torch.equal(canvas.extract(both, "action"), act)
     assert torch.equal(canvas.extract(both, "visual"), visual_embs)
+
+
+def test_layout_equality_is_consistent_with_hash() -> None:
+    # layouts are frozen values (used in schemas); equal values must hash equally
+    xy = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"x": (0, 1, 0, 1, 0, 1), "y": (0, 1, 0, 1, 1, 2)})
+    same = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"x": (0, 1, 0, 1, 0, 1), "y": (0, 1, 0, 1, 1, 2)})
+    assert xy == same and hash(xy) == hash(same)
+    assert xy != CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"x": (0, 1, 0, 1, 0, 1)})
+    # the same regions declared in the other order get other region ids ...
+    yx = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"y": (0, 1, 0, 1, 1, 2), "x": (0, 1, 0, 1, 0, 1)})
+    assert xy.position_region_ids.tolist() == [0, 1]
+    assert yx.position_region_ids.tolist() == [1, 0]
+    # ... so whatever equality decides, a == b must imply hash(a) == hash(b)
+    if xy == yx:
+        assert hash(xy) == hash(yx), "CanvasLayout: equal layouts (regions in another order) hash differently"
 
 
 def test_computer_use_canvas() -> None:
@@ -336,7 +352,11 @@ def _line_layout(names: list[str]) -> CanvasLayout:
             [[1, 1, 1], [0, 1, 0], [0, 0, 1]],
         ),
         # A -> B -> C: each region reads the one before it
-        (CanvasTopology.causal_chain(["obs", "plan", "act"]), ["obs", "plan", "act"], [[1, 0, 0], [1, 1, 0], [0, 1, 1]]),
+        (
+            CanvasTopology.causal_chain(["obs", "plan", "act"]),
+            ["obs", "plan", "act"],
+            [[1, 0, 0], [1, 1, 0], [0, 1, 1]],
+        ),
     ],
     ids=["dense", "isolated", "hub_spoke", "hub_spoke_oneway", "causal_chain"],
 )
@@ -379,17 +399,30 @@ def test_causal_temporal_literal_mask() -> None:
     assert torch.equal(add, torch.where(expected.bool(), 0.0, float("-inf")))
 
 
-def test_causal_temporal_has_no_future_leakage() -> None:
+def test_causal_temporal_refuses_interpolation_which_would_read_the_future() -> None:
+    with pytest.raises(ConnectionValidationError, match="causal_temporal: temporal_fill 'interpolate'.*future"):
+        CanvasTopology.causal_temporal(["obs", "slow"], temporal_fill="interpolate")
+
+
+@pytest.mark.parametrize("fill", ["hold", "drop"])
+def test_causal_temporal_has_no_future_leakage(fill: str) -> None:
+    # "No query sees a later frame than its own" (CanvasTopology.causal_temporal), for every
+    # temporal_fill it accepts. 'slow' has period 3: real frames 0 and 3.
     layout = CanvasLayout(
         T=4, H=2, W=3, d_model=4,
-        regions={"obs": (0, 4, 0, 2, 0, 2), "act": (0, 4, 0, 1, 2, 3), "slow": RegionSpec((0, 2, 1, 2, 2, 3), period=2)},
+        regions={
+            "obs": (0, 4, 0, 2, 0, 2),
+            "act": (0, 4, 0, 1, 2, 3),
+            "slow": RegionSpec((0, 2, 1, 2, 2, 3), period=3),
+        },
     )
-    plan = compile_topology(layout, CanvasTopology.causal_temporal(["obs", "act", "slow"]))
+    plan = compile_topology(layout, CanvasTopology.causal_temporal(["obs", "act", "slow"], temporal_fill=fill))
     allowed = plan.dense_allowed()
     real = layout.frame_real_times[layout.position_region_ids, layout.position_frames]
     q, k = allowed.nonzero().unbind(1)
     assert len(q) > 0
-    assert bool((real[k] <= real[q]).all())  # no query sees a later real frame than its own
+    leaks = [(int(real[a]), int(real[b])) for a, b in zip(q, k) if real[b] > real[a]]
+    assert leaks == [], f"(query real frame, key real frame) pairs that see the future: {sorted(set(leaks))}"
     # and full temporal context: act at frame 3 reads obs (4 positions per frame) at frame 2 only
     assert frame_block(layout, allowed, "act", "obs")[3].tolist() == [False] * 8 + [True] * 4 + [False] * 4
 
@@ -425,7 +458,9 @@ PREV_4x4 = [[int(j == i - 1) for j in range(4)] for i in range(4)]
     ],
     ids=["default", "same_frame", "previous_frame", "explicit_full", "none_0"],
 )
-def test_temporal_connectivity_table(columns_layout: CanvasLayout, connection: Connection, expected: list[list[int]]) -> None:
+def test_temporal_connectivity_table(
+    columns_layout: CanvasLayout, connection: Connection, expected: list[list[int]]
+) -> None:
     mask = CanvasTopology([connection]).to_attention_mask(columns_layout)
     block = frame_block(columns_layout, mask, connection.src, connection.dst)
     assert torch.equal(block, torch.tensor(expected, dtype=torch.float32))
@@ -573,6 +608,19 @@ def test_transfer_distance_orders_modalities() -> None:
     assert isinstance(cam.semantic_embedding, tuple)
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((0.7, 0.2), (0.7, 0.2)),  # identical: 1 - cos rounds to -2.2e-16
+        (CAM_VEC, CAM_VEC),
+        ((-0.263, 1.484, -0.291), (0.263, -1.484, 0.291)),  # opposite: 1 - cos rounds to 2 + 4.4e-16
+    ],
+)
+def test_transfer_distance_stays_in_documented_range(a: tuple[float, ...], b: tuple[float, ...]) -> None:
+    d = transfer_distance(a, b)
+    assert 0.0 <= d <= 2.0, f"transfer_distance({a}, {b}) = {d!r} is outside the documented [0, 2]"
+
+
 # ---------------------------------------------------------------------------------------
 # "Canvas schemas"
 # ---------------------------------------------------------------------------------------
@@ -636,7 +684,9 @@ def test_schema_json_round_trip_string(schema: CanvasSchema) -> None:
     assert loaded.topology.connections == schema.topology.connections
     assert loaded.metadata == {"model": "CogVideoX-2B", "data": "bridge_v2"}
     # the serialised masks are identical too
-    assert torch.equal(loaded.topology.to_attention_mask(loaded.layout), schema.topology.to_attention_mask(schema.layout))
+    assert torch.equal(
+        loaded.topology.to_attention_mask(loaded.layout), schema.topology.to_attention_mask(schema.layout)
+    )
 
 
 def test_schema_json_round_trip_file(schema: CanvasSchema, tmp_path) -> None:  # noqa: ANN001

@@ -67,12 +67,15 @@ def test_bounds_outside_grid(bounds: tuple[int, ...], pattern: str) -> None:
         layout_with(r=bounds)
 
 
+_EMPTY = r"\(empty or reversed extent\)"
+
+
 @pytest.mark.parametrize(
     ("bounds", "pattern"),
     [
-        ((1, 1, 0, 1, 0, 1), r"region 'r': bounds \(1,1,0,1,0,1\): t1=1 must be greater than t0=1 \(empty or reversed extent\)"),
-        ((0, 1, 3, 2, 0, 1), r"region 'r': bounds \(0,1,3,2,0,1\): h1=2 must be greater than h0=3 \(empty or reversed extent\)"),
-        ((0, 1, 0, 1, 2, 0), r"region 'r': bounds \(0,1,0,1,2,0\): w1=0 must be greater than w0=2 \(empty or reversed extent\)"),
+        ((1, 1, 0, 1, 0, 1), r"region 'r': bounds \(1,1,0,1,0,1\): t1=1 must be greater than t0=1 " + _EMPTY),
+        ((0, 1, 3, 2, 0, 1), r"region 'r': bounds \(0,1,3,2,0,1\): h1=2 must be greater than h0=3 " + _EMPTY),
+        ((0, 1, 0, 1, 2, 0), r"region 'r': bounds \(0,1,0,1,2,0\): w1=0 must be greater than w0=2 " + _EMPTY),
     ],
 )
 def test_empty_or_reversed_bounds(bounds: tuple[int, ...], pattern: str) -> None:
@@ -95,7 +98,10 @@ def test_negative_bounds(bounds: tuple[int, ...], pattern: str) -> None:
 
 @pytest.mark.parametrize("bounds", [(0, 1, 0, 1), (0, 1, 0, 1, 0, 1, 0), (), (0, 1, 0, 1, 0, 1.0), "012345", 7])
 def test_wrong_length_or_type_of_bounds(bounds: object) -> None:
-    with pytest.raises(RegionValidationError, match=r"region 'r': bounds .* must be six integers \(t0, t1, h0, h1, w0, w1\)"):
+    with pytest.raises(
+        RegionValidationError,
+        match=r"region 'r': bounds .* must be six integers \(t0, t1, h0, h1, w0, w1\)",
+    ):
         layout_with(r=bounds)
     with pytest.raises(RegionValidationError, match=r"bounds .* must be six integers"):
         RegionSpec(bounds=bounds)  # type: ignore[arg-type]
@@ -128,7 +134,10 @@ def test_bad_period(period: object) -> None:
 
 @pytest.mark.parametrize("weight", [-0.5, -1, float("nan"), float("inf"), -float("inf"), "1.0", None, True])
 def test_bad_loss_weight(weight: object) -> None:
-    with pytest.raises(RegionValidationError, match=rf"loss_weight {re.escape(repr(weight))} must be a finite number >= 0"):
+    with pytest.raises(
+        RegionValidationError,
+        match=rf"loss_weight {re.escape(repr(weight))} must be a finite number >= 0",
+    ):
         RegionSpec((0, 1, 0, 1, 0, 1), loss_weight=weight)  # type: ignore[arg-type]
 
 
@@ -169,7 +178,10 @@ def test_region_errors_name_the_region_when_loaded_from_a_schema() -> None:
         CanvasSchema.from_dict(data)
     data = _schema_dict()
     data["layout"]["regions"]["a"]["semantic_embedding"] = [0.5, "x"]
-    with pytest.raises(SchemaValidationError, match=r"key 'layout\.regions\.a': semantic_embedding .* element 1 is 'x'"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"key 'layout\.regions\.a': semantic_embedding .* element 1 is 'x'",
+    ):
         CanvasSchema.from_dict(data)
 
 
@@ -182,14 +194,18 @@ def test_region_errors_name_the_region_when_loaded_from_a_schema() -> None:
 @pytest.mark.parametrize("value", [0, -3, 2.0, None])
 def test_bad_grid_size(name: str, value: object) -> None:
     kwargs = {"T": 2, "H": 2, "W": 2, "d_model": 4, name: value}
-    with pytest.raises(LayoutValidationError, match=rf"CanvasLayout\.{name}={re.escape(repr(value))} must be an integer >= 1"):
+    with pytest.raises(
+        LayoutValidationError,
+        match=rf"CanvasLayout\.{name}={re.escape(repr(value))} must be an integer >= 1",
+    ):
         CanvasLayout(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("t_current", [-1, 5, 2.0, None])
 def test_t_current_outside_range(t_current: object) -> None:
     with pytest.raises(
-        LayoutValidationError, match=rf"CanvasLayout\.t_current={re.escape(repr(t_current))} must be an integer in \[0, T=4\]"
+        LayoutValidationError,
+        match=rf"CanvasLayout\.t_current={re.escape(repr(t_current))} must be an integer in \[0, T=4\]",
     ):
         CanvasLayout(T=4, H=1, W=1, d_model=4, t_current=t_current)  # type: ignore[arg-type]
 
@@ -204,11 +220,15 @@ def test_region_real_frames_beyond_T() -> None:
     with pytest.raises(
         RegionValidationError,
         match=re.escape(
-            "region 'slow' with period 2 over 4 canvas frames reaches real frame 6, outside the canvas's real frames [0, T=4)"
+            "region 'slow' with period 2 over 4 canvas frames reaches real frame 6, "
+            "outside the canvas's real frames [0, T=4)"
         ),
     ):
         layout_with(slow=RegionSpec((0, 4, 0, 1, 0, 1), period=2))
-    with pytest.raises(RegionValidationError, match=r"region 'slow' with period 3 over 2 canvas frames reaches real frame 4"):
+    with pytest.raises(
+        RegionValidationError,
+        match=r"region 'slow' with period 3 over 2 canvas frames reaches real frame 4",
+    ):
         layout_with(slow=RegionSpec((1, 3, 0, 1, 0, 1), period=3))
     # the largest period that fits is fine
     assert layout_with(slow=RegionSpec((0, 2, 0, 1, 0, 1), period=3)).real_frame("slow", 1) == 3
@@ -235,7 +255,10 @@ def test_unknown_region_lookup() -> None:
 @pytest.mark.parametrize("canvas_t", [-1, 1, 1.0])
 def test_real_frame_outside_region(canvas_t: object) -> None:
     layout = layout_with(a=(0, 1, 0, 1, 0, 1))
-    with pytest.raises(LayoutValidationError, match=rf"region 'a': canvas_t={re.escape(repr(canvas_t))} must be an integer in \[0, 1\)"):
+    with pytest.raises(
+        LayoutValidationError,
+        match=rf"region 'a': canvas_t={re.escape(repr(canvas_t))} must be an integer in \[0, 1\)",
+    ):
         layout.real_frame("a", canvas_t)  # type: ignore[arg-type]
 
 
@@ -265,7 +288,10 @@ def test_unknown_region_in_masks(ab_layout: CanvasLayout) -> None:
     with pytest.raises(ConnectionValidationError, match=UNKNOWN_DST):
         topo.to_additive_mask(ab_layout)
     src_topo = CanvasTopology([Connection("nobody", "b")])
-    with pytest.raises(ConnectionValidationError, match=r"connection 'nobody'->'b' \(#0\) names unknown region 'nobody'"):
+    with pytest.raises(
+        ConnectionValidationError,
+        match=r"connection 'nobody'->'b' \(#0\) names unknown region 'nobody'",
+    ):
         src_topo.to_attention_mask(ab_layout)
 
 
@@ -283,7 +309,8 @@ def test_unknown_region_in_schema(ab_layout: CanvasLayout) -> None:
 def test_bad_connection_weight(weight: object) -> None:
     with pytest.raises(
         ConnectionValidationError,
-        match=rf"connection 'a'->'b': weight {re.escape(repr(weight))} must be a finite number > 0 \(use fn='none' to disable an edge\)",
+        match=rf"connection 'a'->'b': weight {re.escape(repr(weight))} must be a finite number > 0 "
+        r"\(use fn='none' to disable an edge\)",
     ):
         Connection("a", "b", weight=weight)  # type: ignore[arg-type]
 
@@ -296,9 +323,15 @@ def test_bad_connection_ends(src: object, dst: object, end: str) -> None:
 
 @pytest.mark.parametrize("offset", [0.5, "1", True])
 def test_bad_frame_offset(offset: object) -> None:
-    with pytest.raises(ConnectionValidationError, match=rf"connection 'a'->'b': t_src {re.escape(repr(offset))} must be an integer frame offset or None"):
+    with pytest.raises(
+        ConnectionValidationError,
+        match=rf"connection 'a'->'b': t_src {re.escape(repr(offset))} must be an integer frame offset or None",
+    ):
         Connection("a", "b", t_src=offset)  # type: ignore[arg-type]
-    with pytest.raises(ConnectionValidationError, match=rf"connection 'a'->'b': t_dst {re.escape(repr(offset))} must be an integer frame offset or None"):
+    with pytest.raises(
+        ConnectionValidationError,
+        match=rf"connection 'a'->'b': t_dst {re.escape(repr(offset))} must be an integer frame offset or None",
+    ):
         Connection("a", "b", t_dst=offset)  # type: ignore[arg-type]
 
 
@@ -335,7 +368,10 @@ def test_topology_rejects_non_connections() -> None:
 
 
 def test_unknown_attention_type_in_connection() -> None:
-    with pytest.raises(UnknownAttentionTypeError, match=r"connection 'a'->'b': unknown attention type 'flash_magic'; known types: ") as info:
+    with pytest.raises(
+        UnknownAttentionTypeError,
+        match=r"connection 'a'->'b': unknown attention type 'flash_magic'; known types: ",
+    ) as info:
         Connection("a", "b", fn="flash_magic")
     message = str(info.value)
     for name in ("cross_attention", "mamba", "perceiver", "none", "mixture"):
@@ -345,14 +381,20 @@ def test_unknown_attention_type_in_connection() -> None:
 
 
 def test_unknown_attention_type_in_region() -> None:
-    with pytest.raises(UnknownAttentionTypeError, match=r"default_attn: unknown attention type 'transformer'; known types: .*cross_attention"):
+    with pytest.raises(
+        UnknownAttentionTypeError,
+        match=r"default_attn: unknown attention type 'transformer'; known types: .*cross_attention",
+    ):
         RegionSpec((0, 1, 0, 1, 0, 1), default_attn="transformer")
     with pytest.raises(KeyError):
         RegionSpec((0, 1, 0, 1, 0, 1), default_attn="Cross_Attention")
     # via a schema, the message names the region's key as well
     data = _schema_dict()
     data["layout"]["regions"]["a"]["default_attn"] = "transformer"
-    with pytest.raises(SchemaValidationError, match=r"key 'layout\.regions\.a': default_attn: unknown attention type 'transformer'"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"key 'layout\.regions\.a': default_attn: unknown attention type 'transformer'",
+    ):
         CanvasSchema.from_dict(data)
 
 
@@ -395,15 +437,24 @@ def test_place_wrong_token_count(robot_canvas: SpatiotemporalCanvas) -> None:
         match=re.escape("region 'visual' expects tokens of shape (2, 180, 16) or (2, 5, 6, 6, 16), got (2, 179, 16)"),
     ):
         robot_canvas.place(batch, torch.zeros(2, 179, 16), "visual")
-    with pytest.raises(CanvasValidationError, match=re.escape("region 'action' expects tokens of shape (2, 5, 16) or (2, 5, 1, 1, 16), got (2, 6, 16)")):
+    with pytest.raises(
+        CanvasValidationError,
+        match=re.escape("region 'action' expects tokens of shape (2, 5, 16) or (2, 5, 1, 1, 16), got (2, 6, 16)"),
+    ):
         robot_canvas.place(batch, torch.zeros(2, 6, 16), "action")
 
 
 def test_place_wrong_width_or_batch(robot_canvas: SpatiotemporalCanvas) -> None:
     batch = robot_canvas.create_empty(2)
-    with pytest.raises(CanvasValidationError, match=re.escape("region 'visual' expects tokens of shape (2, 180, 16) or (2, 5, 6, 6, 16), got (2, 180, 8)")):
+    with pytest.raises(
+        CanvasValidationError,
+        match=re.escape("region 'visual' expects tokens of shape (2, 180, 16) or (2, 5, 6, 6, 16), got (2, 180, 8)"),
+    ):
         robot_canvas.place(batch, torch.zeros(2, 180, 8), "visual")
-    with pytest.raises(CanvasValidationError, match=re.escape("region 'visual' expects tokens of shape (2, 180, 16) or (2, 5, 6, 6, 16), got (3, 180, 16)")):
+    with pytest.raises(
+        CanvasValidationError,
+        match=re.escape("region 'visual' expects tokens of shape (2, 180, 16) or (2, 5, 6, 6, 16), got (3, 180, 16)"),
+    ):
         robot_canvas.place(batch, torch.zeros(3, 180, 16), "visual")
     with pytest.raises(CanvasValidationError, match=re.escape("got (2, 5, 6, 5, 16)")):
         robot_canvas.place(batch, torch.zeros(2, 5, 6, 5, 16), "visual")
@@ -448,7 +499,10 @@ def test_schema_dict_fixture_round_trips() -> None:
 
 
 def test_invalid_json_text() -> None:
-    with pytest.raises(SchemaValidationError, match=r"schema JSON: invalid JSON at line 1 column 2: Expecting property name"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"schema JSON: invalid JSON at line 1 column 2: Expecting property name",
+    ):
         CanvasSchema.from_json("{bad json")
     text = json.dumps(_schema_dict())[:-5]  # truncated
     with pytest.raises(SchemaValidationError, match=r"schema JSON: invalid JSON at line 1 column \d+"):
@@ -458,7 +512,10 @@ def test_invalid_json_text() -> None:
 def test_invalid_json_file(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "broken.json"
     path.write_text('{"version": 1,\n  "layout": }', encoding="utf-8")
-    with pytest.raises(SchemaValidationError, match=rf"schema file {re.escape(repr(str(path)))}: invalid JSON at line 2 column 13"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=rf"schema file {re.escape(repr(str(path)))}: invalid JSON at line 2 column 13",
+    ):
         CanvasSchema.from_json(path)
 
 
@@ -496,11 +553,17 @@ def test_connection_missing_end(end: str) -> None:
 def test_bad_connection_values_in_schema() -> None:
     data = _schema_dict()
     data["topology"]["connections"][1]["weight"] = -2
-    with pytest.raises(SchemaValidationError, match=r"key 'topology\.connections\[1\]': connection 'b'->'a': weight -2 must be a finite number > 0"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"key 'topology\.connections\[1\]': connection 'b'->'a': weight -2 must be a finite number > 0",
+    ):
         CanvasSchema.from_dict(data)
     data = _schema_dict()
     data["topology"]["connections"][0]["speed"] = 3
-    with pytest.raises(SchemaValidationError, match=r"key 'topology\.connections\[0\]': .*unexpected keyword argument 'speed'"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"key 'topology\.connections\[0\]': .*unexpected keyword argument 'speed'",
+    ):
         CanvasSchema.from_dict(data)
     data = _schema_dict()
     data["topology"]["connections"] = {"src": "a"}
@@ -512,10 +575,22 @@ def test_bad_connection_values_in_schema() -> None:
         CanvasSchema.from_dict(data)
 
 
+@pytest.mark.parametrize("bounds", [5, None])
+def test_non_list_bounds_in_schema(bounds: object) -> None:
+    # from_json promises SchemaValidationError naming the bad key, not a bare TypeError
+    data = _schema_dict()
+    data["layout"]["regions"]["a"]["bounds"] = bounds
+    with pytest.raises(SchemaValidationError, match=r"layout\.regions\.a.*bounds"):
+        CanvasSchema.from_json(json.dumps(data))
+
+
 def test_unknown_field_in_region() -> None:
     data = _schema_dict()
     data["layout"]["regions"]["b"]["colour"] = "red"
-    with pytest.raises(SchemaValidationError, match=r"schema JSON: key 'layout\.regions\.b': .*unexpected keyword argument 'colour'"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"schema JSON: key 'layout\.regions\.b': .*unexpected keyword argument 'colour'",
+    ):
         CanvasSchema.from_json(json.dumps(data))
 
 
@@ -526,7 +601,10 @@ def test_bad_layout_values_in_schema() -> None:
         CanvasSchema.from_dict(data)
     data = _schema_dict()
     data["layout"]["regions"]["b"]["bounds"] = [0, 2, 0, 1, 0, 2]  # overlaps a
-    with pytest.raises(SchemaValidationError, match=r"key 'layout': region 'b' bounds \(0,2,0,1,0,2\) overlap region 'a'"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=r"key 'layout': region 'b' bounds \(0,2,0,1,0,2\) overlap region 'a'",
+    ):
         CanvasSchema.from_dict(data)
     data = _schema_dict()
     data["layout"]["regions"] = [1, 2]
@@ -545,7 +623,10 @@ def test_unsupported_version() -> None:
 
 def test_nonexistent_file(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "missing" / "schema.json"
-    with pytest.raises(SchemaValidationError, match=rf"schema file {re.escape(repr(str(path)))}: cannot read: No such file or directory"):
+    with pytest.raises(
+        SchemaValidationError,
+        match=rf"schema file {re.escape(repr(str(path)))}: cannot read: No such file or directory",
+    ):
         CanvasSchema.from_json(path)
     with pytest.raises(SchemaValidationError, match=r"schema file 'no_such_schema\.json': cannot read"):
         CanvasSchema.from_json("no_such_schema.json")
@@ -613,7 +694,10 @@ def test_transfer_distance_errors() -> None:
     b = RegionSpec((0, 1, 0, 1, 0, 1), semantic_embedding=(0.0, 1.0), embedding_model="m2")
     with pytest.raises(CanvasValidationError, match=r"embedding models differ \('m1' vs 'm2'\)"):
         transfer_distance(a, b)
-    with pytest.raises(CanvasValidationError, match=r"the second RegionSpec \(bounds \(0, 1, 0, 1, 0, 1\)\) has no semantic_embedding"):
+    with pytest.raises(
+        CanvasValidationError,
+        match=r"the second RegionSpec \(bounds \(0, 1, 0, 1, 0, 1\)\) has no semantic_embedding",
+    ):
         transfer_distance(a, RegionSpec((0, 1, 0, 1, 0, 1)))
     with pytest.raises(CanvasValidationError, match=r"embedding dimensions differ \(2 vs 3\)"):
         transfer_distance([1.0, 0.0], [1.0, 0.0, 0.0])

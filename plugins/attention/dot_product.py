@@ -52,8 +52,8 @@ class CosineAttention(QKVAttentionType):
 
     name = "cosine_attention"
 
-    def __init__(self, d_model: int, n_heads: int, scale: float = 10.0) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, scale: float = 10.0, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, scale, isinstance(scale, (int, float)) and scale > 0, "must be a positive scale")
         self.scale = float(scale)
 
@@ -84,8 +84,8 @@ class GatedAttention(QKVAttentionType):
 
     name = "gated"
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         self.gate = nn.Linear(d_model, d_model)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
@@ -98,8 +98,8 @@ class SparseAttention(QKVAttentionType):
 
     name = "sparse_attention"
 
-    def __init__(self, d_model: int, n_heads: int, top_k: int = 8) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, top_k: int = 8, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, top_k, isinstance(top_k, int) and top_k >= 1, "must be an integer top_k >= 1")
         self.top_k = top_k
 
@@ -140,8 +140,8 @@ class LocalAttention(QKVAttentionType):
 
     name = "local_attention"
 
-    def __init__(self, d_model: int, n_heads: int, window: int = 1) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, window: int = 1, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, window, isinstance(window, int) and window >= 0, "must be an integer window >= 0")
         self.window = window
 
@@ -166,8 +166,8 @@ class RandomFixedAttention(QKVAttentionType):
 
     name = "random_fixed"
 
-    def __init__(self, d_model: int, n_heads: int, keep: float = 0.5, seed: int | None = None) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, keep: float = 0.5, seed: int | None = None, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, keep, isinstance(keep, (int, float)) and 0 < keep <= 1, "must be a keep fraction in (0, 1]")
         self.keep = float(keep)
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
@@ -194,8 +194,8 @@ class MixtureAttention(QKVAttentionType):
 
     name = "mixture"
 
-    def __init__(self, d_model: int, n_heads: int, top_k: int = 2) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, top_k: int = 2, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, top_k, isinstance(top_k, int) and 1 <= top_k <= n_heads, f"must be an integer in [1, n_heads={n_heads}]")
         self.top_k = top_k
         self.router = nn.Linear(d_model, n_heads)
@@ -228,8 +228,8 @@ class CogVideoXAttention(QKVAttentionType):
 
     name = "cogvideox"
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__(d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+        super().__init__(d_model, n_heads, **config)
         _check(self.name, self.head_dim, self.head_dim % 6 == 0 or self.head_dim >= 6, "head_dim must be >= 6")
         self.norm_q = nn.LayerNorm(self.head_dim, eps=1e-6)
         self.norm_k = nn.LayerNorm(self.head_dim, eps=1e-6)

@@ -205,15 +205,24 @@ class AttentionMask:
         """
         if self._best_block_size is None:
             costs = {}
-            for bs in BLOCK_SIZES:
-                plan = self.tiles(bs)
-                cost = 0.0
-                for b in plan.buckets:
-                    n_tiles = b.q_blocks.numel() * b.k_blocks.shape[1]
-                    cost += n_tiles * (bs * bs * (1.5 if b.bias is not None else 1.0) + 16384)
-                costs[bs] = cost
+            for bs in self._candidate_block_sizes():
+                nonempty, clean = self._tile_structure(bs)
+                counts = nonempty.sum(1).float()
+                masked = ~(clean | ~nonempty).all(1)
+                work = bs * bs * torch.where(masked, 1.5, 1.0)
+                costs[bs] = float((counts * (work + 16384)).sum())
             self._best_block_size = min(costs, key=costs.get)
         return self._best_block_size
+
+    def _candidate_block_sizes(self) -> list[int]:
+        """Powers of two, plus divisors of the per-frame query count (frame-aligned tiles)."""
+        sizes = set(BLOCK_SIZES)
+        per_frame = torch.bincount(self.q_coords[:, 0])
+        per_frame = per_frame[per_frame > 0]
+        if len(per_frame) and bool((per_frame == per_frame[0]).all()):
+            frame = int(per_frame[0])
+            sizes |= {frame // k for k in range(1, 9) if frame % k == 0 and 32 <= frame // k <= 640}
+        return sorted(sizes)
 
     def tiles(self, block_size: int, extra_mask: object = None) -> TilePlan:
         """Bucketed non-empty tiles at ``block_size`` (cached per block size and extra mask).
@@ -227,7 +236,8 @@ class AttentionMask:
             self._tiles[key] = self._build_tiles(block_size, extra_mask)
         return self._tiles[key]
 
-    def _build_tiles(self, bs: int, extra_mask: object) -> TilePlan:
+    def _tile_structure(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nonempty, clean) (n_q_blocks, n_k_blocks) bool tiles from per-block class histograms."""
         c = self.class_table.shape[0]
         nq, nk = self.num_queries, self.num_keys
         nqb, nkb = -(-nq // bs), -(-nk // bs)
@@ -243,6 +253,11 @@ class AttentionMask:
             clean[-1, :] = False
         if nk % bs:
             clean[:, -1] = False
+        return nonempty, clean
+
+    def _build_tiles(self, bs: int, extra_mask: object) -> TilePlan:
+        nqb, nkb = -(-self.num_queries // bs), -(-self.num_keys // bs)
+        nonempty, clean = self._tile_structure(bs)
         counts = nonempty.sum(1)
         # Keys of each query block, non-empty first (stable keeps block order).
         order = torch.argsort((~nonempty).to(torch.int8), dim=1, stable=True)

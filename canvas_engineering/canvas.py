@@ -25,7 +25,8 @@ __all__ = ["SpatiotemporalCanvas", "sinusoidal_encoding"]
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """(len(positions), dim) sine/cosine encoding of (possibly fractional) positions."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half, 1))
+    steps = torch.arange(half, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / max(half, 1))
     angles = positions.float()[:, None] * freqs[None, :]  # (N, half)
     enc = torch.cat([angles.sin(), angles.cos()], dim=1)
     return nn.functional.pad(enc, (0, dim - 2 * half))

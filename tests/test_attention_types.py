@@ -298,7 +298,8 @@ def test_allowed_keys_change_output(fn: str) -> None:
         return
     diffs = {i: (moved[b, i] - base[b, i]).abs().max().item() for b, i in enumerate(queries.tolist())}
     unread_diffs = {i: (still[b, i] - base[b, i]).abs().max().item() for b, i in enumerate(queries.tolist())}
-    assert max(unread_diffs.values()) <= 1e-5, f"{fn}: allowed keys outside its documented read set leak: {unread_diffs}"
+    leaks = {i: d for i, d in unread_diffs.items() if d > 1e-5}
+    assert not leaks, f"{fn}: allowed keys outside its documented read set leak into queries: {leaks}"
     asserted = is_score_based(fn) or fn in {"pooling", "copy", "mamba", "hyena"}
     if not asserted:
         return
@@ -319,7 +320,9 @@ def test_none_contributes_nothing() -> None:
     # the none edges come first: their group must not even shift the parameter initialisation
     with_none = CanvasAttention(
         LAYOUT,
-        CanvasTopology([Connection("c", "b", fn="none"), *connections("cross_attention"), Connection("a", "c", fn="none")]),
+        CanvasTopology(
+            [Connection("c", "b", fn="none"), *connections("cross_attention"), Connection("a", "c", fn="none")]
+        ),
         d_model=D,
         n_heads=HEADS,
     )
@@ -385,7 +388,10 @@ def test_random_fixed_subset_is_fixed_and_saved() -> None:
 
 # -- connection weights ---------------------------------------------------------------------
 
-SMALL = CanvasLayout(T=2, H=2, W=2, d_model=D, regions={"q": (0, 2, 0, 1, 0, 2), "k1": (0, 2, 1, 2, 0, 1), "k2": (0, 2, 1, 2, 1, 2)})
+#: one query region reading two key classes; everything within a local window of 1
+SMALL = CanvasLayout(
+    T=2, H=2, W=2, d_model=D, regions={"q": (0, 2, 0, 1, 0, 2), "k1": (0, 2, 1, 2, 0, 1), "k2": (0, 2, 1, 2, 1, 2)}
+)
 
 
 def small_attn(fn: str, w1: float, w2: float, seed: int = 0, **config: object) -> CanvasAttention:

@@ -83,7 +83,9 @@ MIXED = [
 ]
 
 
-def build(conns: list[Connection], kernel: str = "tiled", seed: int = 0, layout: CanvasLayout = LAYOUT) -> CanvasAttention:
+def build(
+    conns: list[Connection], kernel: str = "tiled", seed: int = 0, layout: CanvasLayout = LAYOUT
+) -> CanvasAttention:
     torch.manual_seed(seed)
     return CanvasAttention(layout, CanvasTopology(conns), d_model=D, n_heads=HEADS, kernel=kernel)
 
@@ -214,7 +216,8 @@ def test_each_group_runs_once_per_forward_over_its_union(monkeypatch: pytest.Mon
     assert not built, "tile plans must be built once, not per forward"
     for g in attn.groups:
         union = (len(g.q_positions), len(g.k_positions))
-        assert calls[g.fn] == [union, union], f"group {g.fn} ({len(g.connections)} connections) must run once per forward"
+        msg = f"group {g.fn} ({len(g.connections)} connections) must run once per forward"
+        assert calls[g.fn] == [union, union], msg
     assert sum(len(g.connections) for g in attn.groups) == len(MIXED)
     assert any(len(g.connections) > 1 for g in attn.groups)
 
@@ -305,6 +308,78 @@ def test_kernel_is_chosen_automatically_and_overridable() -> None:
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
+#: canvases whose tile packing is not a single tile: several buckets, banded and gathered
+#: key windows, clean (unmasked) tiles, query blocks with no key at all
+_BIG = CanvasLayout(T=8, H=8, W=8, d_model=D, regions={"v": (0, 8, 0, 8, 0, 8)})
+TILINGS = {
+    "banded_sparse": (
+        CanvasLayout(
+            T=16,
+            H=6,
+            W=6,
+            d_model=D,
+            regions={
+                "v": (0, 16, 0, 5, 0, 6),
+                "act": (0, 16, 5, 6, 0, 3),
+                "slow": RegionSpec((0, 8, 5, 6, 3, 6), period=2),
+            },
+        ),
+        [
+            Connection("v", "v", t_src=0, t_dst=0),
+            Connection("v", "v", t_src=0, t_dst=-5, weight=0.5),
+            Connection("act", "v", t_src=0, t_dst=-3),
+            Connection("act", "act", t_src=0, t_dst=0),
+            Connection("slow", "v", t_src=0, t_dst=0),
+            Connection("v", "slow", t_src=0, t_dst=-1, weight=2.0, temporal_fill="interpolate"),
+        ],
+    ),
+    "block_diagonal_clean": (_BIG, [Connection("v", "v", t_src=0, t_dst=0)]),
+    "lagged_keyless_blocks": (_BIG, [Connection("v", "v", t_src=0, t_dst=-2, weight=0.5)]),
+}
+
+
+@pytest.mark.parametrize("fn", ["cross_attention", "local_attention", "sigmoid_attention"])
+@pytest.mark.parametrize("canvas", sorted(TILINGS))
+def test_tile_packing_matches_the_dense_reference(canvas: str, fn: str) -> None:
+    layout, conns = TILINGS[canvas]
+    torch.manual_seed(0)
+    typed = [Connection(c.src, c.dst, c.weight, c.t_src, c.t_dst, fn, c.temporal_fill) for c in conns]
+    attn = CanvasAttention(layout, CanvasTopology(typed), n_heads=HEADS, kernel="dense")
+    (g,) = attn.groups
+    if fn == "cross_attention":  # the canvas really exercises the packing it is named after
+        plan = g.mask.tiles(g.mask.choose_block_size())
+        assert plan.n_q_blocks > 1
+        if canvas == "banded_sparse":
+            assert len(plan.buckets) > 1 and (~plan.nonempty).any()
+        if canvas == "block_diagonal_clean":
+            assert plan.clean.any()
+        if canvas == "lagged_keyless_blocks":
+            assert (~plan.nonempty.any(1)).any()
+    n = layout.num_positions
+    x = torch.randn(2, n, D, generator=torch.Generator().manual_seed(1))
+    r = torch.randn(2, n, D, generator=torch.Generator().manual_seed(2))
+    grads, outs = {}, {}
+    for kernel in ("dense", "tiled"):
+        attn.set_kernel(kernel)
+        attn.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_(True)
+        out = attn(xr)
+        (out * r).sum().backward()
+        outs[kernel] = out.detach()
+        grads[kernel] = {"x": xr.grad, **{name: p.grad for name, p in attn.named_parameters()}}
+    if fn == "cross_attention":
+        attn.set_kernel("flex")
+        with torch.no_grad():
+            outs["flex"] = attn(x)
+    for kernel, out in outs.items():
+        diff = (out - outs["dense"]).abs().max().item()
+        assert diff <= 1e-4, f"{canvas}/{fn}: {kernel} output differs from dense by {diff:.3g}"
+    for name, grad in grads["dense"].items():
+        assert torch.isfinite(grads["tiled"][name]).all(), f"{canvas}/{fn}: non-finite tiled gradient of {name}"
+        diff = (grads["tiled"][name] - grad).abs().max().item()
+        assert diff <= 1e-4, f"{canvas}/{fn}: tiled gradient of {name} differs from dense by {diff:.3g}"
+
+
 @pytest.mark.parametrize("bad", ["sdpa", "Dense", ""])
 def test_unknown_kernel_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="auto, flex, tiled, dense"):
@@ -370,7 +445,11 @@ def tmp_type() -> Iterator[str]:
 
 def test_installed_third_party_type_runs_and_uninstalled_is_an_error(tmp_type: str) -> None:
     layout = CanvasLayout(
-        T=2, H=2, W=2, d_model=D, regions={"src": RegionSpec((0, 2, 0, 1, 0, 2), default_attn=tmp_type), "dst": (0, 2, 1, 2, 0, 2)}
+        T=2,
+        H=2,
+        W=2,
+        d_model=D,
+        regions={"src": RegionSpec((0, 2, 0, 1, 0, 2), default_attn=tmp_type), "dst": (0, 2, 1, 2, 0, 2)},
     )
     by_default = CanvasTopology([Connection("dst", "dst"), Connection("src", "dst")])
     by_fn = CanvasTopology([Connection("dst", "src", fn=tmp_type)])

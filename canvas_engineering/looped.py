@@ -1,0 +1,132 @@
+"""``LoopedBlockWrapper``: iterate any transformer block with zero-initialised loop embeddings."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from canvas_engineering.errors import CanvasValidationError
+
+__all__ = ["LoopedBlockWrapper", "infer_width"]
+
+
+def infer_width(block: nn.Module) -> int:
+    """Token width of a block: its first LayerNorm's size, else its first Linear's input size."""
+    for module in block.modules():
+        if isinstance(module, nn.LayerNorm) and module.normalized_shape:
+            return int(module.normalized_shape[-1])
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    msg = f"cannot infer the token width of {type(block).__name__}; pass d_model="
+    raise CanvasValidationError(msg)
+
+
+class LoopedBlockWrapper(nn.Module):
+    """Run ``block`` up to ``max_loops`` times, adding a learned loop embedding before each pass.
+
+    Loop ``i`` adds ``loop_embeddings[i]`` to the block's first input (the hidden states) and,
+    when the block returns a tuple of ``m`` tensors, those replace the block's first ``m``
+    parameters for the next pass (so a CogVideoX block's ``(hidden_states,
+    encoder_hidden_states)`` both flow through the loop; the second stream gets its own
+    ``stream_embeddings``). Embeddings start at zero, so with one active loop the output
+    equals the wrapped block's output exactly.
+
+    The sharpening factor of loop ``i`` (``betas[i]``) reaches the attention as a ``beta=``
+    keyword when the block's ``forward`` accepts one, or inside ``attention_kwargs`` when it
+    accepts that (diffusers blocks); otherwise betas are not used.
+
+    Args:
+        block: any ``nn.Module`` block.
+        max_loops: most passes (>= 1).
+        d_model: hidden width (inferred from the block when omitted).
+        checkpoint: recompute each loop's activations in backward (per loop, not per block).
+        stream_width: width of a second stream (e.g. text tokens) that also gets loop
+            embeddings; ``None`` for none.
+
+    Attributes:
+        current_loops: passes run per forward (1 at construction; see :meth:`set_loops`).
+        betas: per-loop sharpening factors (1.0 at construction; see :meth:`set_betas`).
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        max_loops: int = 3,
+        d_model: int | None = None,
+        checkpoint: bool = False,
+        stream_width: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
+            msg = f"LoopedBlockWrapper: max_loops={max_loops!r} must be an integer >= 1"
+            raise CanvasValidationError(msg)
+        self.block = block
+        self.max_loops = max_loops
+        width = d_model if d_model is not None else infer_width(block)
+        self.loop_embeddings = nn.Parameter(torch.zeros(max_loops, width))
+        self.stream_embeddings = nn.Parameter(torch.zeros(max_loops, stream_width)) if stream_width else None
+        self.checkpoint = checkpoint
+        self.current_loops = 1
+        self.betas: list[float] = [1.0] * max_loops
+        self._signature = inspect.signature(block.forward)
+        params = self._signature.parameters
+        self._beta_mode = "beta" if "beta" in params else ("attention_kwargs" if "attention_kwargs" in params else None)
+
+    def set_loops(self, n: int) -> None:
+        """Set the number of active loops (1 <= n <= max_loops)."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
+            msg = f"LoopedBlockWrapper.set_loops: n={n!r} must be an integer in [1, max_loops={self.max_loops}]"
+            raise CanvasValidationError(msg)
+        self.current_loops = n
+
+    def set_betas(self, betas: Sequence[float]) -> None:
+        """Set the per-loop sharpening factors (``max_loops`` positive numbers)."""
+        betas = [float(b) for b in betas]
+        if len(betas) != self.max_loops or not all(b > 0 for b in betas):
+            msg = f"LoopedBlockWrapper.set_betas: need {self.max_loops} positive betas, got {betas!r}"
+            raise CanvasValidationError(msg)
+        self.betas = betas
+
+    def loop_parameters(self) -> list[nn.Parameter]:
+        """The loop-specific parameters (embeddings), without the block's."""
+        return [p for p in (self.loop_embeddings, self.stream_embeddings) if p is not None]
+
+    def _pass(self, i: int, arguments: dict[str, Any]) -> Any:  # noqa: ANN401
+        names = list(self._signature.parameters)
+        args = dict(arguments)
+        args[names[0]] = args[names[0]] + self.loop_embeddings[i].to(args[names[0]].dtype)
+        if self.stream_embeddings is not None and len(names) > 1 and torch.is_tensor(args.get(names[1])):
+            args[names[1]] = args[names[1]] + self.stream_embeddings[i].to(args[names[1]].dtype)
+        if self._beta_mode == "beta":
+            args["beta"] = self.betas[i]
+        elif self._beta_mode == "attention_kwargs":
+            args["attention_kwargs"] = {**(args.get("attention_kwargs") or {}), "beta": self.betas[i]}
+        call = inspect.BoundArguments(self._signature, args)  # handles *args/**kwargs parameters
+        return self.block(*call.args, **call.kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        """Call the block ``current_loops`` times (same arguments as the block)."""
+        bound = self._signature.bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        names = list(self._signature.parameters)
+        out = None
+        for i in range(self.current_loops):
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                out = activation_checkpoint(self._pass, i, arguments, use_reentrant=False)
+            else:
+                out = self._pass(i, arguments)
+            if isinstance(out, tuple):
+                for name, value in zip(names, out):
+                    arguments[name] = value
+            else:
+                arguments[names[0]] = out
+        return out
+
+    def extra_repr(self) -> str:
+        return f"max_loops={self.max_loops}, current_loops={self.current_loops}, checkpoint={self.checkpoint}"

@@ -7,22 +7,36 @@ Declare a :class:`CanvasLayout` (a (T, H, W) grid split into named regions) and 
 
 from __future__ import annotations
 
+from canvas_engineering.action_head import ActionHead
 from canvas_engineering.attention_mask import AttentionMask
 from canvas_engineering.attention_type import AttentionType, QKVAttentionType
 from canvas_engineering.attention_types import ATTENTION_TYPES, DEFAULT_ATTENTION
+from canvas_engineering.backbone import CanvasBackbone
 from canvas_engineering.canvas import SpatiotemporalCanvas
 from canvas_engineering.canvas_attention import CanvasAttention
+from canvas_engineering.cogvideox import (
+    CanvasCogVideoXAttnProcessor,
+    freeze_full,
+    freeze_half,
+    freeze_none,
+    graft_looped_blocks,
+    install_canvas_processor,
+)
 from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
+from canvas_engineering.dit import CanvasBlock, CanvasDiT
 from canvas_engineering.errors import (
     CanvasValidationError,
     ConnectionValidationError,
     LayoutValidationError,
+    LoopCheckpointError,
     RegionValidationError,
     SchemaValidationError,
     UnknownAttentionTypeError,
     UnknownRegionError,
 )
 from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.loop_checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from canvas_engineering.looped import LoopedBlockWrapper
 from canvas_engineering.plugin_host import (
     DuplicateRegistrationError,
     PluginLoadWarning,
@@ -41,12 +55,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ATTENTION_TYPES",
     "DEFAULT_ATTENTION",
+    "ActionHead",
     "AttentionMask",
     "AttentionOp",
     "AttentionPlan",
     "AttentionType",
     "BlockView",
     "CanvasAttention",
+    "CanvasBackbone",
+    "CanvasBlock",
+    "CanvasCogVideoXAttnProcessor",
+    "CanvasDiT",
     "CanvasLayout",
     "CanvasSchema",
     "CanvasTopology",
@@ -55,6 +74,8 @@ __all__ = [
     "ConnectionValidationError",
     "DuplicateRegistrationError",
     "LayoutValidationError",
+    "LoopCheckpointError",
+    "LoopedBlockWrapper",
     "PluginLoadWarning",
     "QKVAttentionType",
     "RegionSpec",
@@ -67,9 +88,16 @@ __all__ = [
     "UnknownRegionError",
     "__version__",
     "compile_topology",
+    "freeze_full",
+    "freeze_half",
+    "freeze_none",
     "get_registry",
+    "graft_looped_blocks",
     "hookimpl",
+    "install_canvas_processor",
+    "load_loop_checkpoint",
     "register_plugin",
+    "save_loop_checkpoint",
     "transfer_distance",
     "unregister_plugin",
 ]

@@ -51,10 +51,29 @@ class AttentionGroup(nn.Module):
         self.op = op
         self.register_buffer("q_positions", mask.q_positions, persistent=False)
         self.register_buffer("k_positions", mask.k_positions, persistent=False)
+        # Contiguous position ranges are sliced (a view) instead of gathered (a copy, and a
+        # scatter-add in backward).
+        self.q_range = _as_range(mask.q_positions)
+        self.k_range = _as_range(mask.k_positions)
+
+    def _take(self, x: torch.Tensor, positions: torch.Tensor, span: tuple[int, int] | None) -> torch.Tensor:
+        return x[:, span[0] : span[1]] if span is not None else x[:, positions]
 
     def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """(B, nq, d) updates for the group's queries."""
-        return self.op(x[:, self.q_positions], x[:, self.k_positions], self.mask, beta)
+        xq = self._take(x, self.q_positions, self.q_range)
+        xk = xq if self.k_range == self.q_range and self.k_range is not None else self._take(x, self.k_positions, self.k_range)
+        return self.op(xq, xk, self.mask, beta)
+
+
+def _as_range(positions: torch.Tensor) -> tuple[int, int] | None:
+    """``(start, stop)`` if ``positions`` is ``arange(start, stop)``, else None."""
+    if positions.numel() == 0:
+        return None
+    start = int(positions[0])
+    if torch.equal(positions, torch.arange(start, start + positions.numel())):
+        return (start, start + positions.numel())
+    return None
 
 
 class CanvasAttention(nn.Module):
@@ -145,6 +164,8 @@ class CanvasAttention(nn.Module):
         if x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.d_model:
             msg = f"CanvasAttention expects tokens of shape (B, {n}, {self.d_model}), got {tuple(x.shape)}"
             raise ValueError(msg)
+        if len(self.groups) == 1 and self.groups[0].q_range == (0, n):
+            return self.groups[0](x, beta).to(x.dtype)  # one group over every position, in order
         out = torch.zeros_like(x)
         for group in self.groups:
             out = out.index_add(1, group.q_positions, group(x, beta).to(x.dtype))

@@ -11,6 +11,7 @@ __all__ = [
     "CanvasValidationError",
     "ConnectionValidationError",
     "LayoutValidationError",
+    "LoopCheckpointError",
     "RegionValidationError",
     "SchemaValidationError",
     "UnknownAttentionTypeError",
@@ -20,6 +21,20 @@ __all__ = [
 
 class CanvasValidationError(ValueError):
     """Base class: a canvas declaration breaks a rule."""
+
+
+class LoopCheckpointError(CanvasValidationError):
+    """A loop checkpoint is unreadable, not a loop checkpoint, or does not fit the model.
+
+    Attributes:
+        path: the checkpoint file.
+        parameter: the first offending parameter name, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.parameter = parameter
 
 
 class RegionValidationError(CanvasValidationError):

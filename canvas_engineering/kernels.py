@@ -85,7 +85,7 @@ def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) ->
     valid = (weights > 0).any(1)
     bias = weights.log()
     bias[~valid] = 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype), scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype)[None, None], scale=scale)
     return out * valid.to(q.device, q.dtype)[:, None]
 
 
@@ -142,12 +142,14 @@ def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) ->
             # copying it once per query block (dense topologies would otherwise blow up).
             kw = kb.view(B * H, kn * bs, hd)
             vw = vb.view(B * H, kn * bs, hd)
-            bias = None if bias is None else bias.reshape(nb * bs, kn * bs)
-            qw = qb[:, bucket.q_blocks.to(q.device)].reshape(B * H, nb * bs, hd)
-            o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
+            # 4-D inputs and mask: SDPA's fused CPU kernel takes them (a 3-D mask falls back to math).
+            bias = None if bias is None else bias.reshape(1, 1, nb * bs, kn * bs)
+            qw = qb[:, bucket.q_blocks.to(q.device)].reshape(B * H, 1, nb * bs, hd)
+            o = F.scaled_dot_product_attention(qw, kw[:, None], vw[:, None], attn_mask=bias, scale=scale)
         else:
             qw, kw, vw = _windows(qb, kb, vb, bucket)  # each query block's key window
             qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
+            bias = None if bias is None else bias[None]  # (1, nb, bs, K*bs): 4-D keeps the fused kernel
             o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
         o = o.reshape(B * H, nb, bs, hd)
         if bucket.row_valid is not None:

@@ -118,7 +118,9 @@ class LoopedBlockWrapper(nn.Module):
         out = None
         for i in range(self.current_loops):
             if self.checkpoint and self.training and torch.is_grad_enabled():
-                out = activation_checkpoint(self._pass, i, arguments, use_reentrant=False)
+                # a copy: ``arguments`` is updated below, and the recompute in backward must see
+                # this loop's inputs, not the final ones
+                out = activation_checkpoint(self._pass, i, dict(arguments), use_reentrant=False)
             else:
                 out = self._pass(i, arguments)
             if isinstance(out, tuple):

@@ -1,0 +1,34 @@
+"""The ``canvas_dit`` backbone: the from-scratch :class:`~canvas_engineering.dit.CanvasDiT`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from canvas_engineering.dit import CanvasDiT
+from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.topology import CanvasTopology
+
+__all__ = ["build_canvas_dit"]
+
+
+def build_canvas_dit(layout: CanvasLayout, topology: CanvasTopology, **config: Any) -> CanvasDiT:  # noqa: ANN401
+    """Build a :class:`CanvasDiT` over ``layout`` and ``topology``.
+
+    Args:
+        layout: the canvas layout.
+        topology: the attention graph.
+        **config: keyword arguments of :class:`CanvasDiT` (``depth``, ``n_heads``,
+            ``max_loops``, ``loop_blocks``, ``checkpoint``, ``kernel``, ...).
+
+    Raises:
+        CanvasValidationError: an unknown option (the message lists the accepted ones) or a
+            bad value.
+    """
+    accepted = [n for n in inspect.signature(CanvasDiT).parameters if n not in ("layout", "topology")]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        msg = f"backbone 'canvas_dit': unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        raise CanvasValidationError(msg)
+    return CanvasDiT(layout, topology, **config)

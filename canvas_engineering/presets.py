@@ -7,7 +7,7 @@ from canvas_engineering.region import RegionSpec
 from canvas_engineering.schema import CanvasSchema
 from canvas_engineering.topology import CanvasTopology, Connection
 
-__all__ = ["computer_use_layout", "multi_robot_schema", "robot_manipulation_schema"]
+__all__ = ["PRESETS", "computer_use_layout", "multi_robot_schema", "robot_manipulation_schema"]
 
 
 def robot_manipulation_schema() -> CanvasSchema:
@@ -62,3 +62,10 @@ def multi_robot_schema() -> CanvasSchema:
         c("robot1_action", "shared_task"), c("robot2_action", "shared_task"),
     ])
     return CanvasSchema(layout, topology, metadata={"preset": "multi_robot"})
+
+
+#: Named schemas usable wherever a schema is expected (e.g. ``CanvasModule(schema="robot_manipulation")``).
+PRESETS = {
+    "robot_manipulation": robot_manipulation_schema,
+    "multi_robot": multi_robot_schema,
+}

@@ -52,7 +52,29 @@ from canvas_engineering.topology import AttentionOp, CanvasTopology, Connection,
 
 __version__ = "0.1.0"
 
+# The training layer needs the `train` extra (lightning, torchmetrics, diffusers): import it
+# on first use so the declarative core stays light.
+_LAZY = {
+    "CanvasModule": "canvas_engineering.module",
+    "BatchValidationError": "canvas_engineering.module",
+    "NonFiniteLossError": "canvas_engineering.module",
+    "RegionFormat": "canvas_engineering.region_codecs",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'canvas_engineering' has no attribute {name!r}"
+    raise AttributeError(msg)
+
 __all__ = [
+    "BatchValidationError",
+    "CanvasModule",
+    "NonFiniteLossError",
+    "RegionFormat",
     "ATTENTION_TYPES",
     "DEFAULT_ATTENTION",
     "ActionHead",

@@ -1,0 +1,380 @@
+"""``CanvasModule``: train a canvas diffusion model with ``lightning.Trainer.fit``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torchmetrics
+from torch import nn
+
+from canvas_engineering.canvas import SpatiotemporalCanvas
+from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.region_codecs import (
+    RegionDecoder,
+    RegionEncoder,
+    RegionFormat,
+    expected_shape,
+    parse_region_formats,
+)
+from canvas_engineering.schema import CanvasSchema
+
+__all__ = ["BatchValidationError", "CanvasModule", "NonFiniteLossError", "schema_difference"]
+
+
+class BatchValidationError(CanvasValidationError):
+    """A batch lacks a region or holds a tensor of the wrong shape."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stops before anything is saved."""
+
+
+def _as_schema(schema: CanvasSchema | Mapping[str, Any] | str) -> CanvasSchema:
+    if isinstance(schema, CanvasSchema):
+        return schema
+    if isinstance(schema, Mapping):
+        return CanvasSchema.from_dict(dict(schema))
+    if isinstance(schema, str):
+        from canvas_engineering.presets import PRESETS
+
+        if schema in PRESETS:
+            return PRESETS[schema]()
+        return CanvasSchema.from_json(schema)
+    msg = f"CanvasModule.schema must be a CanvasSchema, a schema dict, a preset name or a JSON file path, got {type(schema).__name__}"
+    raise CanvasValidationError(msg)
+
+
+def schema_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str = "") -> str | None:
+    """The first difference between two schema dicts, as ``"key: a vs b"`` (``None`` if equal)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in list(a) + [k for k in b if k not in a]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                return f"{where}: {'absent' if key not in a else a[key]!r} vs {'absent' if key not in b else b[key]!r}"
+            diff = schema_difference(a[key], b[key], where)
+            if diff:
+                return diff
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff = schema_difference(x, y, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{path}: {a!r} vs {b!r}"
+
+
+class CanvasModule(pl.LightningModule):
+    """A canvas diffusion model: per-region encoders/decoders around a (looped) backbone.
+
+    Training step: each region's tensor is encoded and placed on the canvas; positions of
+    output regions at frames ``>= t_current`` are noised by a diffusers scheduler (inputs
+    and past frames stay clean context); the backbone predicts the clean canvas, each
+    region's decoder reads it back, and the loss is the per-position error in data space,
+    weighted by ``layout.loss_weight_mask`` over the noised positions, logged overall and
+    per region.
+
+    Args:
+        schema: a ``CanvasSchema``, its dict (``to_dict``), a preset name or a schema JSON path.
+        region_formats: region name -> :class:`RegionFormat` (or its dict) for every region
+            a batch feeds.
+        backbone: registered backbone name (``canvas-engineering plugins``).
+        backbone_config: keyword arguments for the backbone factory.
+        max_loops: loops of each looped block (driven by ``LoopCurriculum``).
+        freeze: freeze strategy for pretrained backbones (``"none"`` for from-scratch ones).
+        noise_scheduler: ``"ddpm"`` or ``"ddim"`` (diffusers).
+        num_train_timesteps: diffusion steps of the scheduler.
+        num_inference_steps: denoising steps of :meth:`sample`.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up steps.
+    """
+
+    def __init__(
+        self,
+        schema: CanvasSchema | dict[str, Any] | str,
+        region_formats: dict[str, dict[str, Any]] | None = None,
+        backbone: str = "canvas_dit",
+        backbone_config: dict[str, Any] | None = None,
+        max_loops: int = 1,
+        freeze: Literal["full", "half", "none"] = "none",
+        noise_scheduler: Literal["ddpm", "ddim"] = "ddpm",
+        num_train_timesteps: int = 1000,
+        num_inference_steps: int = 20,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        from canvas_engineering.plugin_host import get_registry
+
+        schema = _as_schema(schema)
+        self.schema = schema
+        self.layout = schema.layout
+        formats = parse_region_formats(region_formats or {}, self.layout)
+        if not formats:
+            msg = "CanvasModule.region_formats is empty: say which tensor feeds which region"
+            raise CanvasValidationError(msg)
+        for name, value, ok in (
+            ("max_loops", max_loops, isinstance(max_loops, int) and max_loops >= 1),
+            ("num_train_timesteps", num_train_timesteps, isinstance(num_train_timesteps, int) and num_train_timesteps >= 2),
+            ("num_inference_steps", num_inference_steps, isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= num_train_timesteps),
+            ("lr", lr, isinstance(lr, (int, float)) and lr > 0),
+            ("warmup_steps", warmup_steps, isinstance(warmup_steps, int) and warmup_steps >= 0),
+        ):
+            if not ok:
+                msg = f"CanvasModule.{name}={value!r} is out of range"
+                raise CanvasValidationError(msg)
+        self.save_hyperparameters(ignore=["schema", "region_formats"])
+        self.hparams["schema"] = schema.to_dict()
+        self.hparams["region_formats"] = {k: f.to_dict() for k, f in formats.items()}
+        self.formats: dict[str, RegionFormat] = formats
+        self.canvas = SpatiotemporalCanvas(self.layout)
+        self.encoders = nn.ModuleDict({n: RegionEncoder(f, self.layout, n) for n, f in formats.items()})
+        self.decoders = nn.ModuleDict({n: RegionDecoder(f, self.layout, n) for n, f in formats.items()})
+        config = dict(backbone_config or {})
+        config.setdefault("max_loops", max_loops)
+        if freeze != "none":
+            config.setdefault("freeze", freeze)
+        self.backbone = get_registry().backbones[backbone].obj(self.layout, schema.topology, **config)
+        self.scheduler = self._make_scheduler()
+        # Positions that are noised and predicted: output regions at frames >= t_current.
+        target = (self.layout.loss_weight_mask() > 0) & self.layout.output_mask()
+        fed = torch.zeros(self.layout.num_positions, dtype=torch.bool)
+        for name in formats:
+            fed[self.layout.region_indices(name)] = True
+        self.register_buffer("target_mask", target & fed, persistent=False)
+        self.register_buffer("position_weight", self.layout.loss_weight_mask() * self.target_mask, persistent=False)
+        # keys get a prefix: "train" would clash with nn.Module.train
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {name: torchmetrics.MeanMetric() for name in [*self._loss_regions(), "loss"]}
+                )
+                for stage in ("train", "val", "test")
+            }
+        )
+
+    # -- construction helpers ------------------------------------------------------------
+
+    def _make_scheduler(self):  # noqa: ANN202
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        cls = DDPMScheduler if self.hparams.noise_scheduler == "ddpm" else DDIMScheduler
+        return cls(num_train_timesteps=self.hparams.num_train_timesteps, prediction_type="sample", clip_sample=False)
+
+    def _loss_regions(self) -> list[str]:
+        return [n for n in self.formats if bool(self.position_weight[self.layout.region_indices(n)].any())]
+
+    # -- data -----------------------------------------------------------------------------
+
+    def validate_batch(self, batch: Mapping[str, torch.Tensor]) -> int:
+        """Check every region's tensor; return the batch size.
+
+        Raises:
+            BatchValidationError: naming the region and the expected and received shapes.
+        """
+        if not isinstance(batch, Mapping):
+            msg = f"a canvas batch must be a dict keyed by region name, got {type(batch).__name__}"
+            raise BatchValidationError(msg)
+        size = None
+        for name, fmt in self.formats.items():
+            if name not in batch:
+                msg = f"batch is missing region {name!r} (expected shape (B, {', '.join(map(str, expected_shape(fmt, self.layout, name)))})); got keys {sorted(batch)}"
+                raise BatchValidationError(msg)
+            x = batch[name]
+            want = expected_shape(fmt, self.layout, name)
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            if not torch.is_tensor(x) or x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want or (size is not None and x.shape[0] != size):
+                msg = f"region {name!r}: expected a tensor of shape (B, {', '.join(map(str, want))}), received {got}"
+                raise BatchValidationError(msg)
+            size = x.shape[0]
+        return int(size)
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Encode and place every region: (B, N, d_model) clean canvas content."""
+        b = self.validate_batch(batch)
+        canvas = self.canvas.create_empty(b, device=self.device)
+        for name, encoder in self.encoders.items():
+            canvas = self.canvas.place(canvas, encoder(batch[name].to(self.device, canvas.dtype)), name)
+        return canvas
+
+    def decode(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Read every region back from canvas tokens into data-shaped tensors."""
+        return {name: dec(self.canvas.extract(tokens, name)) for name, dec in self.decoders.items()}
+
+    # -- model --------------------------------------------------------------------------
+
+    def forward(self, canvas: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Backbone prediction of the clean canvas from a (partly) noised one."""
+        return self.backbone(canvas, timestep)
+
+    def _noised(self, clean: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(clean)
+        noisy = self.scheduler.add_noise(clean, noise, timestep.cpu()).to(clean.dtype)
+        return torch.where(self.target_mask[None, :, None], noisy, clean)
+
+    def position_losses(self, pred: dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-position squared error (B, n_region) of every region, in data space."""
+        out = {}
+        for name, fmt in self.formats.items():
+            err = (pred[name] - batch[name].to(pred[name].dtype)) ** 2
+            t, h, w = self.layout.region_size(name)
+            if fmt.kind == "patches":
+                p = fmt.patch_size
+                err = err.unflatten(3, (h, p)).unflatten(5, (w, p))  # (B, t, C, h, p, w, p)
+                out[name] = err.mean(dim=(2, 4, 6)).flatten(1)  # (B, t*h*w)
+            else:
+                out[name] = err.mean(-1).repeat_interleave(h * w, dim=1)  # (B, t*h*w)
+        return out
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+        clean = self.encode(batch)
+        b = clean.shape[0]
+        timestep = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=self.device)
+        pred = self.decode(self(self._noised(clean, timestep), timestep))
+        losses = self.position_losses(pred, batch)
+        total, weight_sum = clean.new_zeros(()), clean.new_zeros(())
+        for name, loss in losses.items():
+            w = self.position_weight[self.layout.region_indices(name).to(self.device)]  # (n_region,)
+            if not bool(w.any()):
+                continue
+            region_loss = (loss * w).sum() / (w.sum() * b)
+            total = total + (loss * w).sum()
+            weight_sum = weight_sum + w.sum() * b
+            self.metrics[f"{stage}_metrics"][name].update(region_loss.detach(), weight=float(w.sum()) * b)
+        loss = total / weight_sum.clamp(min=1e-12)
+        if stage == "train" and not torch.isfinite(loss):
+            detail = ", ".join(f"{n}={float(v.mean()):.4g}" for n, v in losses.items())
+            msg = (
+                f"non-finite training loss {float(loss)} at step {self.global_step} (per-region mean errors: {detail}); "
+                "stopping before anything is saved. Lower the learning rate or check the data."
+            )
+            raise NonFiniteLossError(msg)
+        self.metrics[f"{stage}_metrics"]["loss"].update(loss.detach(), weight=b)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=b, sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Noise, predict, decode, weighted loss."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Same loss on validation data."""
+        self._step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Same loss on test data."""
+        self._step(batch, "test")
+
+    def _log_regions(self, stage: str) -> None:
+        for name, metric in self.metrics[f"{stage}_metrics"].items():
+            if name != "loss" and metric.update_called:
+                self.log(f"{stage}/{name}/loss", metric.compute(), sync_dist=True)
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        self._log_regions("train")
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        self._log_regions("val")
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._log_regions("test")
+
+    # -- sampling -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self, batch: Mapping[str, torch.Tensor], num_inference_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Denoise the future of the output regions from the context in ``batch``.
+
+        Inputs and frames before ``t_current`` are taken from ``batch``; the returned dict
+        holds every region decoded from the final canvas (future frames predicted).
+        """
+        clean = self.encode(batch)
+        steps = num_inference_steps or self.hparams.num_inference_steps
+        scheduler = self._make_scheduler()
+        scheduler.set_timesteps(steps)
+        x = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
+        x = torch.where(self.target_mask[None, :, None], x, clean)
+        pred_data: dict[str, torch.Tensor] = {}
+        for t in scheduler.timesteps:
+            timestep = torch.full((clean.shape[0],), int(t), device=self.device)
+            pred_data = self.decode(self(x, timestep))
+            x0 = self.encode({**batch, **pred_data})  # the model's clean estimate, re-encoded
+            x = scheduler.step(x0, int(t), x, generator=generator).prev_sample.to(clean.dtype)
+            x = torch.where(self.target_mask[None, :, None], x, clean)
+        return pred_data
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        """:meth:`sample` on a batch."""
+        return self.sample(batch)
+
+    # -- optimisation and scaling ---------------------------------------------------------
+
+    def configure_optimizers(self):  # noqa: ANN201
+        """AdamW over the trainable parameters only (with optional linear warm-up)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        if not self.hparams.warmup_steps:
+            return optimizer
+        warm = self.hparams.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Shard per block with FSDP2 ``fully_shard`` when the strategy provides a device mesh."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        for block in self.shardable_blocks():
+            fully_shard(block, mesh=dp_mesh)
+        fully_shard(self, mesh=dp_mesh)
+
+    def shardable_blocks(self) -> list[nn.Module]:
+        """The per-block units for sharding (looped blocks, else backbone blocks)."""
+        blocks = list(getattr(self.backbone, "looped_blocks", []) or [])
+        if not blocks:
+            blocks = list(getattr(self.backbone, "blocks", []) or [])
+        return blocks
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained with a different layout or topology, naming the difference."""
+        saved = checkpoint.get("hyper_parameters", {}).get("schema")
+        if saved is None:
+            return
+        mine = self.schema.to_dict()
+        for part in ("layout", "topology"):
+            diff = schema_difference(saved.get(part, {}), mine[part], part)
+            if diff:
+                msg = f"checkpoint was trained with a different canvas: {diff} (checkpoint vs this model)"
+                raise CanvasValidationError(msg)
+
+    def set_loops(self, n: int) -> None:
+        """Active loops of every looped block."""
+        self.backbone.set_loops(n)
+
+    def set_betas(self, betas: list[float]) -> None:
+        """Per-loop sharpening factors of every looped block."""
+        self.backbone.set_betas(betas)
+
+    @property
+    def max_loops(self) -> int:
+        """Loops of the backbone's looped blocks."""
+        return int(self.backbone.max_loops)

@@ -208,9 +208,23 @@ class CanvasModule(pl.LightningModule):
 
     # -- model --------------------------------------------------------------------------
 
-    def forward(self, canvas: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Backbone prediction of the clean canvas from a (partly) noised one."""
-        return self.backbone(canvas, timestep)
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], timestep: torch.Tensor, canvas: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Predict every region's clean data.
+
+        Args:
+            batch: region tensors (the context; future output frames are noised).
+            timestep: (B,) diffusion step.
+            canvas: a noised canvas to denoise instead of noising the encoded batch.
+
+        Returns:
+            ``(predicted data per region, clean encoded canvas)``. Everything runs inside
+            ``forward`` so FSDP's root hooks gather parameters before any unit is used.
+        """
+        clean = self.encode(batch)
+        x = self._noised(clean, timestep) if canvas is None else canvas
+        return self.decode(self.backbone(x, timestep)), clean
 
     def _noised(self, clean: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         noise = torch.randn_like(clean)
@@ -231,37 +245,55 @@ class CanvasModule(pl.LightningModule):
                 out[name] = err.mean(-1).repeat_interleave(h * w, dim=1)  # (B, t*h*w)
         return out
 
-    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
-        clean = self.encode(batch)
-        b = clean.shape[0]
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, float]]]:
+        """Noise, predict, decode: the weighted loss and ``{region: (loss, weight)}`` (no logging)."""
+        b = self.validate_batch(batch)
         timestep = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=self.device)
-        pred = self.decode(self(self._noised(clean, timestep), timestep))
-        losses = self.position_losses(pred, batch)
+        pred, clean = self(batch, timestep)
         total, weight_sum = clean.new_zeros(()), clean.new_zeros(())
-        for name, loss in losses.items():
+        regions = {}
+        for name, loss in self.position_losses(pred, batch).items():
             w = self.position_weight[self.layout.region_indices(name).to(self.device)]  # (n_region,)
             if not bool(w.any()):
                 continue
-            region_loss = (loss * w).sum() / (w.sum() * b)
             total = total + (loss * w).sum()
             weight_sum = weight_sum + w.sum() * b
-            self.metrics[f"{stage}_metrics"][name].update(region_loss.detach(), weight=float(w.sum()) * b)
-        loss = total / weight_sum.clamp(min=1e-12)
+            regions[name] = ((loss * w).sum() / (w.sum() * b), float(w.sum()) * b)
+        return total / weight_sum.clamp(min=1e-12), regions
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+        loss, regions = self.compute_loss(batch)
+        b = next(iter(batch.values())).shape[0]
         if stage == "train" and not torch.isfinite(loss):
-            detail = ", ".join(f"{n}={float(v.mean()):.4g}" for n, v in losses.items())
+            detail = ", ".join(f"{n}={float(v):.4g}" for n, (v, _) in regions.items())
             msg = (
-                f"non-finite training loss {float(loss)} at step {self.global_step} (per-region mean errors: {detail}); "
+                f"non-finite training loss {float(loss)} at step {self.global_step} (per-region losses: {detail}); "
                 "stopping before anything is saved. Lower the learning rate or check the data."
             )
             raise NonFiniteLossError(msg)
-        self.metrics[f"{stage}_metrics"]["loss"].update(loss.detach(), weight=b)
+        metrics = self.metrics[f"{stage}_metrics"]
+        for name, (value, weight) in regions.items():
+            metrics[name].update(value.detach(), weight=weight)
+        metrics["loss"].update(loss.detach(), weight=b)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=b, sync_dist=not on_step)
         return loss
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Noise, predict, decode, weighted loss."""
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if self._under_ddp():
+            # Inactive loop embeddings (curriculum) and decoders of loss-free regions take no part
+            # in this step; touching every trainable parameter with a zero keeps plain
+            # `strategy="ddp"` working without find_unused_parameters (their gradient stays 0).
+            loss = loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)
+        return loss
+
+    def _under_ddp(self) -> bool:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        trainer = self._trainer
+        return trainer is not None and isinstance(trainer.strategy, DDPStrategy)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Same loss on validation data."""
@@ -297,16 +329,19 @@ class CanvasModule(pl.LightningModule):
         Inputs and frames before ``t_current`` are taken from ``batch``; the returned dict
         holds every region decoded from the final canvas (future frames predicted).
         """
-        clean = self.encode(batch)
+        b = self.validate_batch(batch)
         steps = num_inference_steps or self.hparams.num_inference_steps
         scheduler = self._make_scheduler()
         scheduler.set_timesteps(steps)
-        x = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
-        x = torch.where(self.target_mask[None, :, None], x, clean)
+        x = None
         pred_data: dict[str, torch.Tensor] = {}
         for t in scheduler.timesteps:
-            timestep = torch.full((clean.shape[0],), int(t), device=self.device)
-            pred_data = self.decode(self(x, timestep))
+            timestep = torch.full((b,), int(t), device=self.device)
+            if x is None:  # start from pure noise at the predicted positions
+                clean = self.encode(batch)
+                x = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
+                x = torch.where(self.target_mask[None, :, None], x, clean)
+            pred_data, clean = self(batch, timestep, canvas=x)
             x0 = self.encode({**batch, **pred_data})  # the model's clean estimate, re-encoded
             x = scheduler.step(x0, int(t), x, generator=generator).prev_sample.to(clean.dtype)
             x = torch.where(self.target_mask[None, :, None], x, clean)
@@ -341,8 +376,10 @@ class CanvasModule(pl.LightningModule):
         from torch.distributed.fsdp import fully_shard
 
         dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-        for block in self.shardable_blocks():
-            fully_shard(block, mesh=dp_mesh)
+        # Region codecs run outside `forward` (in training_step), so they are their own units:
+        # FSDP2 gathers a unit's parameters in that unit's forward hook.
+        for unit in [*self.shardable_blocks(), *self.encoders.values(), *self.decoders.values()]:
+            fully_shard(unit, mesh=dp_mesh)
         fully_shard(self, mesh=dp_mesh)
 
     def shardable_blocks(self) -> list[nn.Module]:
@@ -354,9 +391,13 @@ class CanvasModule(pl.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the canvas beside the weights (hyper-parameters can be overridden at load)."""
+        checkpoint["canvas_schema"] = self.schema.to_dict()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained with a different layout or topology, naming the difference."""
-        saved = checkpoint.get("hyper_parameters", {}).get("schema")
+        saved = checkpoint.get("canvas_schema")
         if saved is None:
             return
         mine = self.schema.to_dict()

@@ -1,1 +1,32 @@
-"""Lightning callbacks (installed as ``canvas_engineering.callbacks``)."""
+"""Lightning callbacks for canvas models (installed as ``canvas_engineering.callbacks``).
+
+* :class:`LoopCurriculum`: ramp the active loop count from 1 to ``max_loops`` during training.
+* :class:`AttentionSharpening`: per-loop attention inverse temperatures (soft to sharp).
+* :class:`LoopCheckpoint`: loop-only parameter files every N steps and at the end of training.
+* :class:`RNGState`: random-generator states in Lightning checkpoints, for bit-exact resumes.
+* :class:`CanvasPictures`: layout, attention mask and predictions vs targets in TensorBoard.
+
+Example::
+
+    >>> from lightning import Trainer
+    >>> from canvas_engineering.callbacks import AttentionSharpening, LoopCurriculum
+    >>> callbacks = [LoopCurriculum(total_steps=5000), AttentionSharpening(beta_max=4.0)]
+    >>> trainer = Trainer(max_steps=5000, callbacks=callbacks)  # doctest: +SKIP
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from canvas_engineering.callbacks.checkpoints import LoopCheckpoint, RNGState
+from canvas_engineering.callbacks.loops import AttentionSharpening, LoopCurriculum
+from canvas_engineering.callbacks.pictures import CanvasPictures, prediction_figure
+
+__all__ = [
+    "AttentionSharpening",
+    "CanvasPictures",
+    "LoopCheckpoint",
+    "LoopCurriculum",
+    "RNGState",
+    "prediction_figure",
+]

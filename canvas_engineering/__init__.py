@@ -47,6 +47,7 @@ from canvas_engineering.plugin_host import (
     unregister_plugin,
 )
 from canvas_engineering.region import RegionSpec
+from canvas_engineering.schedules import CurriculumScheduler, SharpeningSchedule
 from canvas_engineering.schema import CanvasSchema, transfer_distance
 from canvas_engineering.topology import AttentionOp, CanvasTopology, Connection, TemporalFill
 
@@ -94,6 +95,7 @@ __all__ = [
     "CanvasValidationError",
     "Connection",
     "ConnectionValidationError",
+    "CurriculumScheduler",
     "DuplicateRegistrationError",
     "LayoutValidationError",
     "LoopCheckpointError",
@@ -103,6 +105,7 @@ __all__ = [
     "RegionSpec",
     "RegionValidationError",
     "SchemaValidationError",
+    "SharpeningSchedule",
     "SpatiotemporalCanvas",
     "TemporalFill",
     "UnknownAttentionTypeError",

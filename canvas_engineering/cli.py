@@ -69,8 +69,10 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``canvas-engineering`` console script."""
+TOOLS = ("demo", "schema", "plugins")
+
+
+def _tools(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="canvas-engineering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="declare the seed's robot canvas, print it and draw it")
@@ -85,6 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins.set_defaults(run=_plugins)
     args = parser.parse_args(argv)
     return args.run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``canvas-engineering`` console script.
+
+    ``demo``, ``schema`` and ``plugins`` are our own tools; everything else (``fit``,
+    ``validate``, ``test``, ``predict``, ``--help``) goes to the LightningCLI of
+    :mod:`canvas_engineering.lightning_cli`, whose ``fit`` trains the packaged quick start
+    when no ``--config`` is given.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        return _tools(args)
+    from canvas_engineering.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    return 0
 
 
 if __name__ == "__main__":

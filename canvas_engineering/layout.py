@@ -203,8 +203,13 @@ class CanvasLayout:
         return table
 
     def output_mask(self) -> torch.Tensor:
-        """(N,) bool: positions at canvas frames ``t >= t_current`` (the diffusion outputs)."""
-        return self.position_frames >= self.t_current
+        """(N,) bool: positions at ``t >= t_current`` (the diffusion outputs).
+
+        ``t`` is the position's real frame, which is its canvas frame for period-1 regions and
+        unassigned positions; a slow region's frame counts from the real time it stands for.
+        """
+        real = self.frame_real_times[self.position_region_ids, self.position_frames]
+        return torch.where(real >= 0, real, self.position_frames) >= self.t_current
 
     def loss_weight_mask(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """(N,) float loss weight per position: ``loss_weight`` in output regions, 0 elsewhere."""

@@ -394,18 +394,24 @@ class CanvasModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the canvas beside the weights (hyper-parameters can be overridden at load)."""
         checkpoint["canvas_schema"] = self.schema.to_dict()
+        blocks = list(getattr(self.backbone, "looped_blocks", []) or [])
+        if blocks:  # so a loaded model runs with the loops and betas it was trained with
+            checkpoint["canvas_loops"] = {"current_loops": blocks[0].current_loops, "betas": list(blocks[0].betas)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained with a different layout or topology, naming the difference."""
         saved = checkpoint.get("canvas_schema")
-        if saved is None:
-            return
-        mine = self.schema.to_dict()
-        for part in ("layout", "topology"):
-            diff = schema_difference(saved.get(part, {}), mine[part], part)
-            if diff:
-                msg = f"checkpoint was trained with a different canvas: {diff} (checkpoint vs this model)"
-                raise CanvasValidationError(msg)
+        if saved is not None:
+            mine = self.schema.to_dict()
+            for part in ("layout", "topology"):
+                diff = schema_difference(saved.get(part, {}), mine[part], part)
+                if diff:
+                    msg = f"checkpoint was trained with a different canvas: {diff} (checkpoint vs this model)"
+                    raise CanvasValidationError(msg)
+        loops = checkpoint.get("canvas_loops")
+        if loops and list(getattr(self.backbone, "looped_blocks", []) or []):
+            self.set_loops(int(loops.get("current_loops", 1)))
+            self.set_betas(list(loops.get("betas", [1.0] * self.max_loops)))
 
     def set_loops(self, n: int) -> None:
         """Active loops of every looped block."""

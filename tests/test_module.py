@@ -178,3 +178,15 @@ def test_region_formats_are_checked_against_the_layout() -> None:
         CanvasModule(tiny_schema(), {"camera": {"kind": "vector", "dim": 2}})
     with pytest.raises(CanvasValidationError, match="region 'video' format: a 'patches' region needs"):
         CanvasModule(tiny_schema(), {"video": {"kind": "patches", "channels": 0, "patch_size": 4}})
+
+
+def test_loaded_model_runs_with_its_trained_loops_and_betas(tmp_path) -> None:
+    m = make(max_loops=3)
+    t = trainer(max_steps=1)
+    t.fit(m, tiny_loader())
+    m.set_loops(2)
+    m.set_betas([1.0, 1.5, 2.0])
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CanvasModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    block = loaded.backbone.looped_blocks[0]
+    assert block.current_loops == 2 and block.betas == [1.0, 1.5, 2.0]

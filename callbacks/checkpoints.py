@@ -1,0 +1,233 @@
+"""Checkpoint callbacks: loop-only files, and random states for bit-exact resumes.
+
+:class:`LoopCheckpoint` writes small loop-parameter files with
+:func:`~canvas_engineering.loop_checkpoint.save_loop_checkpoint` while a model trains.
+:class:`RNGState` carries the random number generators' states inside Lightning checkpoints:
+Lightning restores weights, optimizers and loop counters but not the RNGs, so without it a
+resumed fit draws different diffusion timesteps and noise than an uninterrupted one.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from canvas_engineering.loop_checkpoint import save_loop_checkpoint
+
+__all__ = ["LoopCheckpoint", "RNGState"]
+
+
+def _loop_state(pl_module: pl.LightningModule) -> dict[str, Any]:
+    """Active loops and betas of the model's looped blocks (plain data for ``extra_config``)."""
+    backbone = getattr(pl_module, "backbone", pl_module)
+    out: dict[str, Any] = {}
+    if hasattr(backbone, "current_loops"):
+        out["current_loops"] = int(backbone.current_loops)
+    blocks = list(getattr(backbone, "looped_blocks", []) or [])
+    if blocks:
+        out["betas"] = [float(b) for b in blocks[0].betas]
+    return out
+
+
+class LoopCheckpoint(Callback):
+    """Save the loop parameters (and other trainable parameters) every ``every_n_steps`` steps.
+
+    After each optimizer step whose ``global_step`` is a multiple of ``every_n_steps``, rank 0
+    writes ``dirpath / filename.format(step=global_step, epoch=current_epoch)`` with
+    :func:`~canvas_engineering.loop_checkpoint.save_loop_checkpoint` (loop embeddings plus
+    every parameter with ``requires_grad``). With ``save_last``, it also writes
+    ``dirpath / last_filename`` when training ends. Each file's ``extra`` config records
+    ``global_step``, ``epoch``, ``current_loops`` and ``betas``; restore one with
+    :func:`~canvas_engineering.loop_checkpoint.load_loop_checkpoint`.
+
+    Under a sharded strategy (FSDP) the parameters on rank 0 are shards; use Lightning's
+    ``ModelCheckpoint`` there.
+
+    Args:
+        dirpath: directory of the files (created when missing).
+        every_n_steps: optimizer steps between files (>= 0; 0 writes only the last file).
+        save_last: write ``last_filename`` at the end of training.
+        filename: template of the periodic files; ``{step}`` and ``{epoch}`` are filled in.
+        last_filename: name of the end-of-training file.
+
+    Attributes:
+        saved_paths: the files written so far, oldest first.
+        last_saved_step: ``global_step`` of the latest periodic file (-1 before any).
+
+    Raises:
+        ValueError: an argument is out of range, ``filename`` has a placeholder other than
+            ``{step}``/``{epoch}``, or nothing would ever be saved.
+
+    Example::
+
+        >>> from canvas_engineering.callbacks import LoopCheckpoint
+        >>> checkpoint = LoopCheckpoint("checkpoints/loops", every_n_steps=500)
+        >>> checkpoint.path_for(step=1000)
+        PosixPath('checkpoints/loops/loops-step1000.pt')
+
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        every_n_steps: int = 100,
+        save_last: bool = True,
+        filename: str = "loops-step{step}.pt",
+        last_filename: str = "loops-last.pt",
+    ) -> None:
+        super().__init__()
+        if not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath):
+            msg = f"LoopCheckpoint: dirpath={dirpath!r} must be a non-empty path"
+            raise ValueError(msg)
+        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
+            msg = f"LoopCheckpoint: every_n_steps={every_n_steps!r} must be an integer >= 0"
+            raise ValueError(msg)
+        if every_n_steps == 0 and not save_last:
+            msg = "LoopCheckpoint: every_n_steps=0 and save_last=False would never save; enable one of them"
+            raise ValueError(msg)
+        for name, template in (("filename", filename), ("last_filename", last_filename)):
+            try:
+                rendered = str(template).format(step=0, epoch=0)
+            except (KeyError, IndexError, ValueError) as err:
+                msg = (
+                    f"LoopCheckpoint: {name}={template!r} is not a valid template ({err!r}); use {{step}} and {{epoch}}"
+                )
+                raise ValueError(msg) from None
+            if not rendered or Path(rendered).name != rendered:
+                msg = f"LoopCheckpoint: {name}={template!r} must be a file name without directories"
+                raise ValueError(msg)
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.save_last = bool(save_last)
+        self.filename = filename
+        self.last_filename = last_filename
+        self.saved_paths: list[str] = []
+        self.last_saved_step = -1
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+
+    def path_for(self, step: int, epoch: int = 0) -> Path:
+        """Return the periodic file of ``step`` (and ``epoch``)."""
+        return self.dirpath / self.filename.format(step=step, epoch=epoch)
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
+        if trainer.is_global_zero:
+            extra = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, **_loop_state(pl_module)}
+            save_loop_checkpoint(pl_module, path, extra_config=extra)
+            self.saved_paths.append(str(path))
+        trainer.strategy.barrier("LoopCheckpoint")
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,  # noqa: ANN401
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+    ) -> None:
+        n, step = self.every_n_steps, trainer.global_step
+        # gradient accumulation repeats a global_step; a step that jumps past a multiple still saves
+        if n == 0 or step <= 0 or step // n == max(self.last_saved_step, 0) // n:
+            return
+        self._save(trainer, pl_module, self.path_for(step, trainer.current_epoch))
+        self.last_saved_step = step
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last:
+            self._save(
+                trainer,
+                pl_module,
+                self.dirpath / self.last_filename.format(step=trainer.global_step, epoch=trainer.current_epoch),
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dirpath": str(self.dirpath),
+            "every_n_steps": self.every_n_steps,
+            "save_last": self.save_last,
+            "filename": self.filename,
+            "last_filename": self.last_filename,
+            "saved_paths": list(self.saved_paths),
+            "last_saved_step": self.last_saved_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.saved_paths = [str(p) for p in state_dict.get("saved_paths", self.saved_paths)]
+        self.last_saved_step = int(state_dict.get("last_saved_step", self.last_saved_step))
+
+
+class RNGState(Callback):
+    """Keep the random number generators' states in Lightning checkpoints, for bit-exact resumes.
+
+    Lightning checkpoints hold weights, optimizer and scheduler states and loop counters, but
+    not the RNGs, so a resumed fit draws different timesteps, noise, dropout masks and
+    shuffles than the uninterrupted fit would have. This callback's :meth:`state_dict` is the
+    state of torch's CPU generator, of every CUDA device's generator, of NumPy's global
+    generator and of Python's ``random`` at the moment the checkpoint is written, and
+    :meth:`load_state_dict` puts them back when Lightning restores callbacks (before the
+    sanity check, which Lightning runs with isolated RNGs, and before the first training
+    batch). A resumed fit then continues exactly when the checkpoint was written at an
+    epoch boundary (or the dataloaders are stateful) and the same RNG draws happen between
+    the checkpoint and the next batch in both runs (e.g. ``trainer.save_checkpoint`` after
+    ``fit``, or ``ModelCheckpoint`` saving at the end of an epoch).
+
+    Checkpoints are written by rank 0, so on resume every rank gets rank 0's states, which
+    is what ``seed_everything(seed)`` gives every rank in the first place.
+
+    Example::
+
+        >>> from lightning import Trainer, seed_everything
+        >>> from canvas_engineering.callbacks import RNGState
+        >>> trainer = Trainer(callbacks=[RNGState()], logger=False)  # doctest: +SKIP
+    """
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            # plain data and tensors only, so checkpoints load with weights_only=True
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch" in state_dict:
+            torch.set_rng_state(state_dict["torch"])
+        if "numpy" in state_dict:
+            s = state_dict["numpy"]
+            keys = np.asarray(s["keys"].numpy() if torch.is_tensor(s["keys"]) else s["keys"], dtype=np.uint32)
+            np.random.set_state((s["kind"], keys, int(s["pos"]), int(s["has_gauss"]), float(s["cached_gaussian"])))
+        if "python" in state_dict:
+            version, internal, gauss = state_dict["python"]
+            random.setstate((version, tuple(internal), gauss))
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/canvas-engineering demo --out runs/demo
+	$(VENV)/bin/canvas-engineering fit
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/compile.py --write-readme
+	$(PY) benchmarks/attention.py --write-readme
+	$(PY) benchmarks/looped.py --write-readme
+	$(PY) benchmarks/train.py --write-readme

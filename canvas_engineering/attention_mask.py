@@ -132,7 +132,7 @@ class AttentionMask:
         self.kernel = kernel
         self._tiles: dict[tuple[int, object], TilePlan] = {}
         self._best_block_size: int | None = None
-        self._device_cache: dict[tuple[str, str], object] = {}
+        self._device_cache: dict[tuple, object] = {}
 
     @property
     def num_queries(self) -> int:

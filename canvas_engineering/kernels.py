@@ -30,8 +30,14 @@ KERNELS: tuple[str, ...] = ("auto", "flex", "tiled", "dense")
 ExtraMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
-def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool) -> str:
-    """Pick the kernel for ``"auto"``: flex on GPU, tile-packed SDPA on CPU."""
+#: Groups with at most this many (query, key) pairs run the dense kernel under "auto" on CPU:
+#: below it one fused SDPA call beats gathering tiles (measured by benchmarks/train.py).
+SMALL_GROUP_PAIRS = 1 << 16
+
+
+def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool, pairs: int | None = None) -> str:
+    """Pick the kernel for ``"auto"``: flex on GPU; on CPU tile-packed SDPA, or dense SDPA for
+    groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk when known)."""
     if kernel not in KERNELS:
         msg = f"kernel {kernel!r} must be one of {', '.join(KERNELS)}"
         raise ValueError(msg)
@@ -40,7 +46,9 @@ def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool) -> str:
         raise ValueError(msg)
     if kernel != "auto":
         return kernel
-    return "flex" if device.type == "cuda" else "tiled"
+    if device.type == "cuda":
+        return "flex"
+    return "dense" if pairs is not None and pairs <= SMALL_GROUP_PAIRS else "tiled"
 
 
 def softmax_attention(
@@ -70,7 +78,7 @@ def softmax_attention(
     """
     scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad)
+    name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad, mask.num_queries * mask.num_keys)
     if name == "dense":
         return _dense(q, k, v, mask, scale, extra_mask)
     if name == "flex":
@@ -79,14 +87,18 @@ def softmax_attention(
 
 
 def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
-    weights = mask.dense_weights()
-    if extra_mask is not None:
-        weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
-    valid = (weights > 0).any(1)
-    bias = weights.log()
-    bias[~valid] = 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype)[None, None], scale=scale)
-    return out * valid.to(q.device, q.dtype)[:, None]
+    key = ("dense_bias", extra_mask, q.device, q.dtype)
+    if key not in mask._device_cache:  # built once per (mask, extra mask, device, dtype)
+        weights = mask.dense_weights()
+        if extra_mask is not None:
+            weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
+        valid = (weights > 0).any(1)
+        bias = weights.log()
+        bias[~valid] = 0.0
+        mask._device_cache[key] = (bias.to(q.device, q.dtype)[None, None], valid.to(q.device, q.dtype)[:, None])
+    bias, valid = mask._device_cache[key]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out * valid
 
 
 def _blocks(x: torch.Tensor, bs: int, n_blocks: int) -> torch.Tensor:

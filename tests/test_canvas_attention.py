@@ -21,7 +21,7 @@ from canvas_engineering.attention_type import AttentionType
 from canvas_engineering.canvas_attention import CanvasAttention
 from canvas_engineering.compiler import AttentionPlan, compile_topology
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
-from canvas_engineering.kernels import KERNELS, resolve_kernel
+from canvas_engineering.kernels import SMALL_GROUP_PAIRS, KERNELS, resolve_kernel
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.plugin_host import get_registry, hookimpl, register_plugin, unregister_plugin
 from canvas_engineering.plugins.attention.dot_product import CrossAttention
@@ -290,6 +290,10 @@ def test_kernel_is_chosen_automatically_and_overridable() -> None:
     for k in ("flex", "tiled", "dense"):
         assert resolve_kernel(k, cuda, needs_grad=True) == k
     assert resolve_kernel("flex", cpu, needs_grad=False) == "flex"
+    # small groups run one dense SDPA call on CPU; large ones are tile-packed
+    assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS) == "dense"
+    assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS + 1) == "tiled"
+    assert resolve_kernel("auto", cuda, needs_grad=True, pairs=16) == "flex"
 
     attn = build(temporal_connections(), kernel="auto")
     assert {g.mask.kernel for g in attn.groups} == {"auto"}
@@ -303,7 +307,9 @@ def test_kernel_is_chosen_automatically_and_overridable() -> None:
         dense = attn(x)
         attn.set_kernel("flex")
         flex = attn(x)
-    torch.testing.assert_close(auto, tiled, atol=0, rtol=0)  # auto is tiled on CPU
+    # this canvas is small: auto runs the dense kernel on CPU
+    assert all(g.mask.num_queries * g.mask.num_keys <= SMALL_GROUP_PAIRS for g in attn.groups)
+    torch.testing.assert_close(auto, dense, atol=0, rtol=0)
     torch.testing.assert_close(dense, tiled, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 

@@ -11,6 +11,8 @@ curriculum and sharpening callbacks drive them through this one interface:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +24,7 @@ from canvas_engineering.looped import LoopedBlockWrapper
 __all__ = ["CanvasBackbone"]
 
 
-class CanvasBackbone(nn.Module):
+class CanvasBackbone(nn.Module, ABC):
     """Base class of backbones: ``forward(tokens, timestep) -> tokens`` plus loop control.
 
     Subclasses build their blocks (wrapping the looped ones in
@@ -85,7 +87,6 @@ class CanvasBackbone(nn.Module):
         """The loop-specific parameters (loop embeddings) of every looped block."""
         return [p for block in self.looped_blocks for p in block.loop_parameters()]
 
+    @abstractmethod
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """Map canvas tokens ``(B, N, d_model)`` at diffusion ``timestep`` ``(B,)`` to ``(B, N, d_model)``."""
-        msg = f"{type(self).__name__} must implement forward(tokens, timestep)"
-        raise NotImplementedError(msg)

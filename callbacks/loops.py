@@ -76,7 +76,26 @@ def _default_total_steps(owner: str, trainer: pl.Trainer) -> int:
     return int(total)
 
 
-class LoopCurriculum(Callback):
+class _RestoresOutsideFit(Callback):
+    """Applies a restored schedule state in validate/test/predict runs started from a checkpoint."""
+
+    def _restore_outside_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Apply the state the checkpoint stopped at (subclasses)."""
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_outside_fit(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_outside_fit(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_outside_fit(trainer, pl_module)
+
+
+class LoopCurriculum(_RestoresOutsideFit):
     """Ramp the active loop count of a looped model from 1 to ``max_loops`` during training.
 
     Before every training batch the callback calls ``pl_module.set_loops(n)`` with
@@ -170,18 +189,6 @@ class LoopCurriculum(Callback):
             pl_module.set_loops(self.current_loops)
 
     @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
-
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
-
-    @override
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
-
-    @override
     def on_train_batch_start(
         self,
         trainer: pl.Trainer,
@@ -218,7 +225,7 @@ class LoopCurriculum(Callback):
             self._restored = True
 
 
-class AttentionSharpening(Callback):
+class AttentionSharpening(_RestoresOutsideFit):
     """Set per-loop attention sharpening factors (inverse temperatures) on a looped model.
 
     Loop ``i`` multiplies its attention logits by ``beta_i`` of a
@@ -324,18 +331,6 @@ class AttentionSharpening(Callback):
         # validate/test/predict(ckpt_path=...): use the betas the checkpoint stopped at
         if trainer.state.fn != TrainerFn.FITTING and self._restored and self.current_betas:
             pl_module.set_betas(self.current_betas)
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
-
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
-
-    @override
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_outside_fit(trainer, pl_module)
 
     @override
     def on_train_batch_start(

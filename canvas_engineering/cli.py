@@ -59,8 +59,9 @@ def _plugins(args: argparse.Namespace) -> int:
         {"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version, "source": e.source}
         for e in get_registry().entries()
     ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # exactly the documented keys; the table also shows the source module
+        keys = ("name", "kind", "distribution", "version")
+        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
         return 0
     cols = ["kind", "name", "distribution", "version", "source"]
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}

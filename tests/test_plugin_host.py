@@ -426,7 +426,7 @@ def test_cli_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
         if name:
             unregister_plugin(name)
     rows = json.loads(capsys.readouterr().out)
-    assert all({"name", "kind", "distribution", "version"} <= set(row) for row in rows)
+    assert all(set(row) == {"name", "kind", "distribution", "version"} for row in rows)
     expected = (
         {"name": "cross_attention", "kind": "attention type", "distribution": "canvas-engineering"}
         if builtin

@@ -108,7 +108,6 @@ def test_installed_plugin_is_listed_and_usable(example_site: Path) -> None:
         "kind": "attention type",
         "distribution": DIST,
         "version": "0.1.0",
-        "source": "ce_example_plugin",
     }
     assert result["fn"] == "talking_heads"
     if result["shape"] is not None:

@@ -12,7 +12,7 @@ Shapes: ``B`` batch, ``N`` canvas positions (``layout.num_positions``), ``d`` to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -83,6 +83,8 @@ class CanvasBlock(nn.Module):
         mlp_ratio: MLP hidden width as a multiple of ``d_model``.
         kernel: attention kernel (``"auto"``, ``"flex"``, ``"tiled"`` or ``"dense"``).
         type_config: per-attention-type options, ``{"local_attention": {"window": 2}}``.
+        write_modes: one write mode per connection (``"add"``, ``"gate"``, ``"replace"``; see
+            :class:`CanvasAttention`); ``None``: all ``"add"``.
 
     Shapes: ``forward(x (B, N, d), temb (B, d), beta) -> (B, N, d)``.
     """
@@ -96,6 +98,7 @@ class CanvasBlock(nn.Module):
         mlp_ratio: float = 4.0,
         kernel: Kernel = "auto",
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
+        write_modes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         d = d_model if d_model is not None else layout.d_model
@@ -105,7 +108,7 @@ class CanvasBlock(nn.Module):
             raise CanvasValidationError(msg)
         self.d_model = d
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.attn = CanvasAttention(layout, topology, d, n_heads, kernel, type_config)
+        self.attn = CanvasAttention(layout, topology, d, n_heads, kernel, type_config, write_modes)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         hidden = max(1, round(d * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
@@ -167,6 +170,9 @@ class CanvasDiT(CanvasBackbone):
         checkpoint: recompute each loop's activations in backward (saves memory).
         kernel: attention kernel (``"auto"``: flex on GPU, tile-packed SDPA on CPU).
         type_config: per-attention-type options, ``{"local_attention": {"window": 2}}``.
+        write_modes: one write mode per connection of ``topology`` (see
+            :class:`CanvasAttention`); ``None``: all ``"add"``. ``CanvasModule`` passes a
+            program's write modes here.
 
     Attributes:
         canvas: the :class:`SpatiotemporalCanvas` holding the position/region encodings.
@@ -200,6 +206,7 @@ class CanvasDiT(CanvasBackbone):
         checkpoint: bool = False,
         kernel: Kernel = "auto",
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
+        write_modes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(layout, CanvasLayout):
@@ -226,7 +233,7 @@ class CanvasDiT(CanvasBackbone):
         self.time_embed = TimestepEmbedding(d)
         blocks: list[nn.Module] = []
         for i in range(depth):
-            block = CanvasBlock(layout, topology, d, n_heads, mlp_ratio, kernel, type_config)
+            block = CanvasBlock(layout, topology, d, n_heads, mlp_ratio, kernel, type_config, write_modes)
             blocks.append(LoopedBlockWrapper(block, max_loops, d, checkpoint) if i in looped else block)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)

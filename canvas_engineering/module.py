@@ -12,6 +12,7 @@ from torch import nn
 
 from canvas_engineering.canvas import SpatiotemporalCanvas
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.program import CanvasProgram
 from canvas_engineering.region_codecs import (
     RegionDecoder,
     RegionEncoder,
@@ -47,6 +48,40 @@ def _as_schema(schema: CanvasSchema | Mapping[str, Any] | str) -> CanvasSchema:
     raise CanvasValidationError(msg)
 
 
+def _schema_and_program(
+    schema: CanvasSchema | Mapping[str, Any] | str | None, program: CanvasProgram | Mapping[str, Any] | str | None
+) -> tuple[CanvasSchema, CanvasProgram | None]:
+    """The model's schema and program: the program's schema wins; a given schema must agree."""
+    if program is None:
+        if schema is None:
+            msg = "CanvasModule needs a schema (or a program, whose schema it uses)"
+            raise CanvasValidationError(msg)
+        return _as_schema(schema), None
+    program = CanvasProgram.coerce(program)
+    if schema is not None:
+        diff = schema_difference(_as_schema(schema).to_dict(), program.schema.to_dict())
+        if diff:
+            msg = f"CanvasModule: schema and program.schema differ at {diff} (schema vs program); pass only the program"
+            raise CanvasValidationError(msg)
+    return program.schema, program
+
+
+def _check_program_formats(program: CanvasProgram, formats: Mapping[str, RegionFormat]) -> None:
+    """Every on_event clock watches a region the batch feeds; ``memory_out`` is not a region name."""
+    for name in formats:
+        clock = program.regions[name].clock
+        source = clock.source or name
+        if clock.kind == "on_event" and source not in formats:
+            msg = (
+                f"region {name!r}: its on_event clock watches region {source!r}, which the batch does not feed "
+                f"(no region format, or constant); fed regions: {', '.join(formats)}"
+            )
+            raise CanvasValidationError(msg)
+    if "memory_out" in program.schema.layout.regions and program.regions_with(carrier="memory"):
+        msg = "a region named 'memory_out' clashes with predict_step's memory_out entry; rename it"
+        raise CanvasValidationError(msg)
+
+
 def schema_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str = "") -> str | None:
     """The first difference between two schema dicts, as ``"key: a vs b"`` (``None`` if equal)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
@@ -77,8 +112,38 @@ class CanvasModule(pl.LightningModule):
     weighted by ``layout.loss_weight_mask`` over the noised positions, logged overall and
     per region.
 
+    With a :class:`~canvas_engineering.CanvasProgram` (``program=``) every program property
+    takes effect ("predicted" positions are those the carrier predicts, see below):
+
+    * **carrier**: ``diffusive``: output regions' future frames are noised (as without a
+      program). ``filter``: future frames are noised and predicted even for an input region;
+      past frames are always given. ``deterministic``/``memory``: predicted positions hold
+      zeros instead of noise (regression from the clean context; at sampling they stay
+      zero and the last step's prediction is returned). ``residual``: noised like
+      ``diffusive``; the prediction at frame ``k`` is the decoder output plus the value at
+      frame ``k - 1`` (the data at a context frame, the region's own prediction at a
+      predicted frame; nothing at frame 0). ``memory``: :meth:`predict_step` also returns
+      ``{"memory_out": {region: last frame}}`` for the caller to feed the next window.
+    * **clock**: at predicted frames where the region's clock does not fire
+      (:meth:`CanvasProgram.update_mask`), its prediction is *held* from its previous frame
+      (the data at a context frame; the batch's own first frame if frame 0 does not fire)
+      and the position takes no loss. Noising is unchanged.
+    * **compile_mode**: ``freeze``: the region's encoder and decoder get
+      ``requires_grad=False`` (AdamW never sees them) and its encoded tokens are detached;
+      the backbone still learns to predict it. ``constant``: no codec; its tokens are the
+      fixed ``constant_value`` buffer; never noised, decoded or lossed; connections whose
+      query region it is are dropped (:meth:`CanvasProgram.execution_topology`), so its
+      positions never run as attention queries; a batch may omit it. ``export``:
+      :meth:`predict_step` returns it even if it is an input.
+    * **family**: the default carrier, and the loss weight ``family scale x layout weight``
+      unless ``RegionProgram.loss_weight`` is given (:meth:`CanvasProgram.loss_weight`).
+    * **operator / write_mode**: the backbone runs :meth:`CanvasProgram.execution_topology`
+      (operators as ``fn``); write modes other than ``add`` are passed to the backbone as
+      ``write_modes`` (``canvas_dit`` accepts them; see :class:`CanvasAttention`).
+
     Args:
-        schema: a ``CanvasSchema``, its dict (``to_dict``), a preset name or a schema JSON path.
+        schema: a ``CanvasSchema``, its dict (``to_dict``), a preset name or a schema JSON path
+            (may be omitted when ``program`` is given; if both are given they must agree).
         region_formats: region name -> :class:`RegionFormat` (or its dict) for every region
             a batch feeds.
         backbone: registered backbone name (``canvas-engineering plugins``).
@@ -91,11 +156,13 @@ class CanvasModule(pl.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up steps.
+        program: a :class:`CanvasProgram`, its dict, JSON text or a JSON file path; its schema
+            is the model's. Saved in the hyper-parameters (as a dict) so checkpoints reload it.
     """
 
     def __init__(
         self,
-        schema: CanvasSchema | dict[str, Any] | str,
+        schema: CanvasSchema | dict[str, Any] | str | None = None,
         region_formats: dict[str, dict[str, Any]] | None = None,
         backbone: str = "canvas_dit",
         backbone_config: dict[str, Any] | None = None,
@@ -107,14 +174,19 @@ class CanvasModule(pl.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
+        program: CanvasProgram | dict[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         from canvas_engineering.plugin_host import get_registry
 
-        schema = _as_schema(schema)
+        schema, program = _schema_and_program(schema, program)
         self.schema = schema
         self.layout = schema.layout
-        formats = parse_region_formats(region_formats or {}, self.layout)
+        #: the process program (``None``: plain schema semantics)
+        self.program: CanvasProgram | None = program
+        all_formats = parse_region_formats(region_formats or {}, self.layout)
+        constant = set(program.regions_with(compile_mode="constant")) if program is not None else set()
+        formats = {n: f for n, f in all_formats.items() if n not in constant}
         if not formats:
             msg = "CanvasModule.region_formats is empty: say which tensor feeds which region"
             raise CanvasValidationError(msg)
@@ -128,26 +200,33 @@ class CanvasModule(pl.LightningModule):
             if not ok:
                 msg = f"CanvasModule.{name}={value!r} is out of range"
                 raise CanvasValidationError(msg)
-        self.save_hyperparameters(ignore=["schema", "region_formats"])
+        if program is not None:
+            _check_program_formats(program, formats)
+        self.save_hyperparameters(ignore=["schema", "region_formats", "program"])
         self.hparams["schema"] = schema.to_dict()
-        self.hparams["region_formats"] = {k: f.to_dict() for k, f in formats.items()}
+        self.hparams["region_formats"] = {k: f.to_dict() for k, f in all_formats.items()}
+        self.hparams["program"] = program.to_dict() if program is not None else None
         self.formats: dict[str, RegionFormat] = formats
         self.canvas = SpatiotemporalCanvas(self.layout)
         self.encoders = nn.ModuleDict({n: RegionEncoder(f, self.layout, n) for n, f in formats.items()})
         self.decoders = nn.ModuleDict({n: RegionDecoder(f, self.layout, n) for n, f in formats.items()})
+        self._frozen = set(program.regions_with(compile_mode="freeze")) & set(formats) if program is not None else set()
+        for name in self._frozen:
+            self.encoders[name].requires_grad_(False)
+            self.decoders[name].requires_grad_(False)
         config = dict(backbone_config or {})
         config.setdefault("max_loops", max_loops)
         if freeze != "none":
             config.setdefault("freeze", freeze)
-        self.backbone = get_registry().backbones[backbone].obj(self.layout, schema.topology, **config)
+        topology = schema.topology
+        if program is not None:
+            topology = program.execution_topology()
+            modes = program.execution_write_modes()
+            if any(m != "add" for m in modes):
+                config.setdefault("write_modes", list(modes))
+        self.backbone = get_registry().backbones[backbone].obj(self.layout, topology, **config)
         self.scheduler = self._make_scheduler()
-        # Positions that are noised and predicted: output regions at frames >= t_current.
-        target = (self.layout.loss_weight_mask() > 0) & self.layout.output_mask()
-        fed = torch.zeros(self.layout.num_positions, dtype=torch.bool)
-        for name in formats:
-            fed[self.layout.region_indices(name)] = True
-        self.register_buffer("target_mask", target & fed, persistent=False)
-        self.register_buffer("position_weight", self.layout.loss_weight_mask() * self.target_mask, persistent=False)
+        self._register_masks(program, formats)
         # keys get a prefix: "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict(
             {
@@ -159,6 +238,47 @@ class CanvasModule(pl.LightningModule):
         )
 
     # -- construction helpers ------------------------------------------------------------
+
+    def _register_masks(self, program: CanvasProgram | None, formats: Mapping[str, RegionFormat]) -> None:
+        """Buffers over the N positions: ``target_mask`` (predicted), ``noise_mask`` (noised),
+        ``empty_mask`` (held at zero), ``position_weight`` (loss weight), and
+        ``constant_canvas`` ((N, d) content of constant regions, or None)."""
+        layout = self.layout
+        n = layout.num_positions
+        future = layout.output_mask()
+        if program is None:
+            # Positions that are noised and predicted: output regions at frames >= t_current.
+            target = (layout.loss_weight_mask() > 0) & future
+            fed = torch.zeros(n, dtype=torch.bool)
+            for name in formats:
+                fed[layout.region_indices(name)] = True
+            target = target & fed
+            weight = layout.loss_weight_mask() * target
+            empty = torch.zeros(n, dtype=torch.bool)
+        else:
+            target = torch.zeros(n, dtype=torch.bool)
+            weight = torch.zeros(n)
+            empty = torch.zeros(n, dtype=torch.bool)
+            for name in formats:
+                rp, idx, w = program.regions[name], layout.region_indices(name), program.loss_weight(name)
+                predicted = future[idx] & (layout.region_spec(name).is_output or rp.carrier == "filter") & (w > 0)
+                target[idx] = predicted
+                weight[idx] = w * predicted.float()
+                if rp.carrier in ("deterministic", "memory"):
+                    empty[idx] = predicted
+        self.register_buffer("target_mask", target, persistent=False)
+        self.register_buffer("noise_mask", target & ~empty, persistent=False)
+        self.register_buffer("empty_mask", empty, persistent=False)
+        self.register_buffer("position_weight", weight, persistent=False)
+        constant = program.regions_with(compile_mode="constant") if program is not None else []
+        content = None
+        if constant:
+            content = torch.zeros(n, layout.d_model)
+            for name in constant:
+                value = torch.as_tensor(program.regions[name].constant_value, dtype=torch.float32)
+                content[layout.region_indices(name)] = value  # a number, or one d_model vector per token
+        self.constant_canvas: torch.Tensor | None
+        self.register_buffer("constant_canvas", content, persistent=False)
 
     def _make_scheduler(self):  # noqa: ANN202
         from diffusers import DDIMScheduler, DDPMScheduler
@@ -195,11 +315,19 @@ class CanvasModule(pl.LightningModule):
         return int(size)
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Encode and place every region: (B, N, d_model) clean canvas content."""
+        """Encode and place every region: (B, N, d_model) clean canvas content.
+
+        Constant regions hold their fixed content; frozen regions' tokens are detached.
+        """
         b = self.validate_batch(batch)
         canvas = self.canvas.create_empty(b, device=self.device)
+        if self.constant_canvas is not None:
+            canvas = canvas + self.constant_canvas.to(canvas.dtype)
         for name, encoder in self.encoders.items():
-            canvas = self.canvas.place(canvas, encoder(batch[name].to(self.device, canvas.dtype)), name)
+            tokens = encoder(batch[name].to(self.device, canvas.dtype))
+            if name in self._frozen:
+                tokens = tokens.detach()
+            canvas = self.canvas.place(canvas, tokens, name)
         return canvas
 
     def decode(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -224,12 +352,67 @@ class CanvasModule(pl.LightningModule):
         """
         clean = self.encode(batch)
         x = self._noised(clean, timestep) if canvas is None else canvas
-        return self.decode(self.backbone(x, timestep)), clean
+        pred = self.decode(self.backbone(x, timestep))
+        if self.program is not None:
+            pred = self._run_program(pred, batch)
+        return pred, clean
 
     def _noised(self, clean: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         noise = torch.randn_like(clean)
         noisy = self.scheduler.add_noise(clean, noise, timestep.cpu()).to(clean.dtype)
-        return torch.where(self.target_mask[None, :, None], noisy, clean)
+        return self._compose(noisy, clean)
+
+    def _compose(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """``noisy`` at noised positions, 0 at emptied ones, ``clean`` elsewhere."""
+        out = torch.where(self.noise_mask[None, :, None], noisy, clean)
+        if self.program is not None and bool(self.empty_mask.any()):
+            out = out.masked_fill(self.empty_mask[None, :, None], 0.0)
+        return out
+
+    def predicted_frames(self, name: str) -> torch.Tensor:
+        """(t,) bool: which of region ``name``'s frames are predicted (the rest is context)."""
+        t, h, w = self.layout.region_size(name)
+        return self.target_mask[self.layout.region_indices(name).to(self.target_mask.device)].view(t, h * w).any(1)
+
+    def update_masks(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{region: (B, t) bool}``: frames where each region's clock fires (all True without a program)."""
+        b = self.validate_batch(batch)
+        out = {}
+        for name in self.formats:
+            t = self.layout.region_size(name)[0]
+            if self.program is None or self.program.regions[name].clock.every_frame:
+                out[name] = torch.ones(b, t, dtype=torch.bool, device=self.device)
+            else:
+                out[name] = self.program.update_mask(name, batch, b).to(self.device)
+        return out
+
+    def _run_program(self, pred: dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Residual carriers and clock holds over the decoded predictions (see the class docstring)."""
+        out = dict(pred)
+        updates = None
+        for name in self.formats:
+            rp = self.program.regions[name]
+            residual, clocked = rp.carrier == "residual", not rp.clock.every_frame
+            if not residual and not clocked:
+                continue
+            if clocked and updates is None:
+                updates = self.update_masks(batch)
+            dec = pred[name]
+            data = batch[name].to(dec.device, dec.dtype)
+            shape = (dec.shape[0],) + (1,) * (dec.dim() - 2)  # broadcast a (B,) mask over one frame
+            frames, state = [], data[:, 0]
+            for k, predicted in enumerate(self.predicted_frames(name).tolist()):  # a loop over frames
+                if predicted:
+                    value = dec[:, k] + state if residual and k > 0 else dec[:, k]
+                    if clocked:
+                        value = torch.where(updates[name][:, k].view(shape), value, state)
+                    state = value
+                else:
+                    value = dec[:, k] + data[:, k - 1] if residual and k > 0 else dec[:, k]
+                    state = data[:, k]
+                frames.append(value)
+            out[name] = torch.stack(frames, dim=1)
+        return out
 
     def position_losses(self, pred: dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-position squared error (B, n_region) of every region, in data space."""
@@ -245,20 +428,42 @@ class CanvasModule(pl.LightningModule):
                 out[name] = err.mean(-1).repeat_interleave(h * w, dim=1)  # (B, t*h*w)
         return out
 
+    def position_weights(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{region: (B, n_region)}`` loss weight of each position for this batch.
+
+        ``position_weight`` at predicted positions, 0 elsewhere, and 0 at the frames where the
+        region's clock does not fire.
+        """
+        b = self.validate_batch(batch)
+        clocked = self.program is not None and any(not self.program.regions[n].clock.every_frame for n in self.formats)
+        updates = self.update_masks(batch) if clocked else {}
+        out = {}
+        for name in self.formats:
+            w = self.position_weight[self.layout.region_indices(name).to(self.device)]  # (n_region,)
+            w = w[None].expand(b, -1)
+            if name in updates and not bool(updates[name].all()):
+                _, h, wd = self.layout.region_size(name)
+                w = w * updates[name].repeat_interleave(h * wd, dim=1).to(w.dtype)  # (B, t*h*w)
+            out[name] = w
+        return out
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, float]]]:
         """Noise, predict, decode: the weighted loss and ``{region: (loss, weight)}`` (no logging)."""
         b = self.validate_batch(batch)
         timestep = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=self.device)
         pred, clean = self(batch, timestep)
+        weights = self.position_weights(batch)
         total, weight_sum = clean.new_zeros(()), clean.new_zeros(())
         regions = {}
         for name, loss in self.position_losses(pred, batch).items():
-            w = self.position_weight[self.layout.region_indices(name).to(self.device)]  # (n_region,)
+            w = weights[name]  # (B, n_region)
             if not bool(w.any()):
                 continue
             total = total + (loss * w).sum()
-            weight_sum = weight_sum + w.sum() * b
-            regions[name] = ((loss * w).sum() / (w.sum() * b), float(w.sum()) * b)
+            weight_sum = weight_sum + w.sum()
+            regions[name] = ((loss * w).sum() / w.sum(), float(w.sum()))
+        if not regions:  # no clock fired anywhere: a zero loss that still backpropagates
+            total = total + sum(0.0 * p.sum() for p in pred.values())
         return total / weight_sum.clamp(min=1e-12), regions
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -340,16 +545,42 @@ class CanvasModule(pl.LightningModule):
             if x is None:  # start from pure noise at the predicted positions
                 clean = self.encode(batch)
                 x = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
-                x = torch.where(self.target_mask[None, :, None], x, clean)
+                x = self._compose(x, clean)
             pred_data, clean = self(batch, timestep, canvas=x)
             x0 = self.encode({**batch, **pred_data})  # the model's clean estimate, re-encoded
             x = scheduler.step(x0, int(t), x, generator=generator).prev_sample.to(clean.dtype)
-            x = torch.where(self.target_mask[None, :, None], x, clean)
+            x = self._compose(x, clean)
         return pred_data
 
-    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        """:meth:`sample` on a batch."""
-        return self.sample(batch)
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int = 0) -> dict[str, Any]:
+        """:meth:`sample` on a batch.
+
+        With a program, the result holds every region with predicted frames plus every
+        ``export`` region, each as the batch's data at its context frames and the prediction
+        at its predicted frames, and, when a region has the ``memory`` carrier,
+        ``"memory_out": {region: (B, *frame) value at its last frame}`` to feed the next
+        window's first frame.
+        """
+        pred = self.sample(batch)
+        if self.program is None:
+            return pred
+        out: dict[str, Any] = {}
+        memory: dict[str, torch.Tensor] = {}
+        for name in self.formats:
+            frames = self.predicted_frames(name)
+            rp = self.program.regions[name]
+            if not (bool(frames.any()) or rp.compile_mode == "export" or rp.carrier == "memory"):
+                continue
+            value = pred[name]
+            data = batch[name].to(value.device, value.dtype)
+            merged = torch.where(frames.to(value.device).view((1, -1) + (1,) * (value.dim() - 2)), value, data)
+            if bool(frames.any()) or rp.compile_mode == "export":
+                out[name] = merged
+            if rp.carrier == "memory":
+                memory[name] = merged[:, -1]
+        if memory:
+            out["memory_out"] = memory
+        return out
 
     # -- optimisation and scaling ---------------------------------------------------------
 
@@ -394,6 +625,8 @@ class CanvasModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the canvas beside the weights (hyper-parameters can be overridden at load)."""
         checkpoint["canvas_schema"] = self.schema.to_dict()
+        if self.program is not None:
+            checkpoint["canvas_program"] = self.program.to_dict()
         blocks = list(getattr(self.backbone, "looped_blocks", []) or [])
         if blocks:  # so a loaded model runs with the loops and betas it was trained with
             checkpoint["canvas_loops"] = {"current_loops": blocks[0].current_loops, "betas": list(blocks[0].betas)}
@@ -407,6 +640,20 @@ class CanvasModule(pl.LightningModule):
                 diff = schema_difference(saved.get(part, {}), mine[part], part)
                 if diff:
                     msg = f"checkpoint was trained with a different canvas: {diff} (checkpoint vs this model)"
+                    raise CanvasValidationError(msg)
+        saved_program = checkpoint.get("canvas_program")
+        mine_program = self.program.to_dict() if self.program is not None else None
+        if (saved_program is None) != (mine_program is None):
+            msg = (
+                f"checkpoint was trained {'with' if saved_program is not None else 'without'} a CanvasProgram "
+                f"and this model has {'one' if mine_program is not None else 'none'}; pass program= to match"
+            )
+            raise CanvasValidationError(msg)
+        if saved_program is not None:
+            for part in ("regions", "connections", "acyclic"):
+                diff = schema_difference({part: saved_program.get(part)}, {part: mine_program[part]})
+                if diff:
+                    msg = f"checkpoint was trained with a different program: {diff} (checkpoint vs this model)"
                     raise CanvasValidationError(msg)
         loops = checkpoint.get("canvas_loops")
         if loops and list(getattr(self.backbone, "looped_blocks", []) or []):

@@ -33,9 +33,16 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stops before anything is saved."""
 
 
+def module_key(region: str) -> str:
+    """A ModuleDict-safe key for a region name (typed regions are dotted paths like ``arm.joints``)."""
+    return region.replace(".", "__")
+
+
 def _as_schema(schema: CanvasSchema | Mapping[str, Any] | str) -> CanvasSchema:
     if isinstance(schema, CanvasSchema):
         return schema
+    if isinstance(getattr(schema, "schema", None), CanvasSchema):  # a BoundSchema from compile_schema
+        return schema.schema
     if isinstance(schema, Mapping):
         return CanvasSchema.from_dict(dict(schema))
     if isinstance(schema, str):
@@ -208,12 +215,16 @@ class CanvasModule(pl.LightningModule):
         self.hparams["program"] = program.to_dict() if program is not None else None
         self.formats: dict[str, RegionFormat] = formats
         self.canvas = SpatiotemporalCanvas(self.layout)
-        self.encoders = nn.ModuleDict({n: RegionEncoder(f, self.layout, n) for n, f in formats.items()})
-        self.decoders = nn.ModuleDict({n: RegionDecoder(f, self.layout, n) for n, f in formats.items()})
+        keys = {module_key(n) for n in self.layout.regions}
+        if len(keys) != len(self.layout.regions):
+            msg = "region names must stay distinct when '.' is replaced by '__' (module keys)"
+            raise CanvasValidationError(msg)
+        self.encoders = nn.ModuleDict({module_key(n): RegionEncoder(f, self.layout, n) for n, f in formats.items()})
+        self.decoders = nn.ModuleDict({module_key(n): RegionDecoder(f, self.layout, n) for n, f in formats.items()})
         self._frozen = set(program.regions_with(compile_mode="freeze")) & set(formats) if program is not None else set()
         for name in self._frozen:
-            self.encoders[name].requires_grad_(False)
-            self.decoders[name].requires_grad_(False)
+            self.encoders[module_key(name)].requires_grad_(False)
+            self.decoders[module_key(name)].requires_grad_(False)
         config = dict(backbone_config or {})
         config.setdefault("max_loops", max_loops)
         if freeze != "none":
@@ -231,7 +242,7 @@ class CanvasModule(pl.LightningModule):
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_metrics": nn.ModuleDict(
-                    {name: torchmetrics.MeanMetric() for name in [*self._loss_regions(), "loss"]}
+                    {module_key(name): torchmetrics.MeanMetric() for name in [*self._loss_regions(), "loss"]}
                 )
                 for stage in ("train", "val", "test")
             }
@@ -323,7 +334,8 @@ class CanvasModule(pl.LightningModule):
         canvas = self.canvas.create_empty(b, device=self.device)
         if self.constant_canvas is not None:
             canvas = canvas + self.constant_canvas.to(canvas.dtype)
-        for name, encoder in self.encoders.items():
+        for encoder in self.encoders.values():
+            name = encoder.name
             tokens = encoder(batch[name].to(self.device, canvas.dtype))
             if name in self._frozen:
                 tokens = tokens.detach()
@@ -332,7 +344,7 @@ class CanvasModule(pl.LightningModule):
 
     def decode(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Read every region back from canvas tokens into data-shaped tensors."""
-        return {name: dec(self.canvas.extract(tokens, name)) for name, dec in self.decoders.items()}
+        return {dec.name: dec(self.canvas.extract(tokens, dec.name)) for dec in self.decoders.values()}
 
     # -- model --------------------------------------------------------------------------
 
@@ -478,7 +490,7 @@ class CanvasModule(pl.LightningModule):
             raise NonFiniteLossError(msg)
         metrics = self.metrics[f"{stage}_metrics"]
         for name, (value, weight) in regions.items():
-            metrics[name].update(value.detach(), weight=weight)
+            metrics[module_key(name)].update(value.detach(), weight=weight)
         metrics["loss"].update(loss.detach(), weight=b)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=b, sync_dist=not on_step)
@@ -509,9 +521,10 @@ class CanvasModule(pl.LightningModule):
         self._step(batch, "test")
 
     def _log_regions(self, stage: str) -> None:
-        for name, metric in self.metrics[f"{stage}_metrics"].items():
-            if name != "loss" and metric.update_called:
-                self.log(f"{stage}/{name}/loss", metric.compute(), sync_dist=True)
+        names = {module_key(n): n for n in self.layout.regions}
+        for key, metric in self.metrics[f"{stage}_metrics"].items():
+            if key != "loss" and metric.update_called:
+                self.log(f"{stage}/{names[key]}/loss", metric.compute(), sync_dist=True)
             metric.reset()
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
@@ -532,7 +545,8 @@ class CanvasModule(pl.LightningModule):
         """Denoise the future of the output regions from the context in ``batch``.
 
         Inputs and frames before ``t_current`` are taken from ``batch``; the returned dict
-        holds every region decoded from the final canvas (future frames predicted).
+        holds every region: predicted frames decoded from the final canvas, context frames
+        copied from ``batch``.
         """
         b = self.validate_batch(batch)
         steps = num_inference_steps or self.hparams.num_inference_steps
@@ -550,6 +564,11 @@ class CanvasModule(pl.LightningModule):
             x0 = self.encode({**batch, **pred_data})  # the model's clean estimate, re-encoded
             x = scheduler.step(x0, int(t), x, generator=generator).prev_sample.to(clean.dtype)
             x = self._compose(x, clean)
+        # context frames are given, not predicted: return them as they came in
+        for name, pred in pred_data.items():
+            if name in batch:
+                given = ~self.predicted_frames(name)
+                pred[:, given] = batch[name][:, given.to(batch[name].device)].to(pred)
         return pred_data
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int = 0) -> dict[str, Any]:

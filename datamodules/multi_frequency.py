@@ -150,14 +150,15 @@ class MultiFrequencyDataModule(CanvasDataModule):
         self.allocation, self.positions, self.t_current, self.topology = allocation, positions, t_current, topology
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self._init_canvas()
+        layout = self.schema.layout
         past = [
-            f"{name!r} (last canvas frame {spec.bounds[1] - 1}, period {spec.period})"
-            for name, spec in self.schema.layout.regions.items()
-            if t_current >= spec.bounds[1]
+            f"{name!r} (last real frame {layout.real_frame(name, spec.num_frames - 1)}, period {spec.period})"
+            for name, spec in layout.regions.items()
+            if t_current > layout.real_frame(name, spec.num_frames - 1)
         ]
-        if past:
+        if past:  # output_mask counts real frames: a stream whose last frame is before t_current has no future
             warnings.warn(
-                f"MultiFrequencyDataModule: t_current={t_current} counts canvas frames and is past region(s) "
+                f"MultiFrequencyDataModule: t_current={t_current} (a real frame) is past region(s) "
                 f"{', '.join(past)}: those streams are context only, with no loss",
                 stacklevel=2,
             )

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,23 +58,18 @@ def make_datamodule(allocation: str, cfg: dict[str, int], seed: int):  # noqa: A
     """The data of one allocation: same samples, same split seeds, only the canvas differs."""
     from canvas_engineering.datamodules import MultiFrequencyDataModule
 
-    with warnings.catch_warnings():
-        # The datamodule warns that a t_current past the slow region's last *canvas* frame makes
-        # it context only; the layout counts real time (slow canvas frames 2-3 stand for real
-        # frames 8 and 12, which are predicted), so that warning does not apply here.
-        warnings.filterwarnings("ignore", message=".*counts canvas frames.*")
-        return MultiFrequencyDataModule(
-            frames=FRAMES,
-            components=COMPONENTS,
-            allocation=allocation,
-            t_current=T_CURRENT,
-            topology="dense",
-            n_train=cfg["n_train"],
-            n_val=cfg["n_val"],
-            batch_size=cfg["batch_size"],
-            seed=seed,
-            d_model=cfg["d_model"],
-        )
+    return MultiFrequencyDataModule(
+        frames=FRAMES,
+        components=COMPONENTS,
+        allocation=allocation,
+        t_current=T_CURRENT,
+        topology="dense",
+        n_train=cfg["n_train"],
+        n_val=cfg["n_val"],
+        batch_size=cfg["batch_size"],
+        seed=seed,
+        d_model=cfg["d_model"],
+    )
 
 
 def periods() -> dict[str, int]:

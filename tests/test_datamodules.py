@@ -305,8 +305,12 @@ def test_multi_frequency_periods_and_flat_hold() -> None:
     b, f = band.dataset("train").tensors, flat.dataset("train").tensors
     for name, period in (("fast", 1), ("medium", 2), ("slow", 4)):
         torch.testing.assert_close(f[name], b[name].repeat_interleave(period, dim=1), rtol=0, atol=0)
+    # t_current counts real frames: medium's last frame is real 14, slow's is real 12
     with pytest.warns(UserWarning, match=r"past region\(s\) 'medium' .*'slow' .*context only"):
-        MultiFrequencyDataModule(frames=16, t_current=8)
+        MultiFrequencyDataModule(frames=16, t_current=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultiFrequencyDataModule(frames=16, t_current=8)  # every stream still has future frames
 
 
 def test_cartpole_actions_are_one_hot_and_failures_are_rewarded() -> None:

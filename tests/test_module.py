@@ -190,3 +190,48 @@ def test_loaded_model_runs_with_its_trained_loops_and_betas(tmp_path) -> None:
     loaded = CanvasModule.load_from_checkpoint(tmp_path / "m.ckpt")
     block = loaded.backbone.looped_blocks[0]
     assert block.current_loops == 2 and block.betas == [1.0, 1.5, 2.0]
+
+
+def test_nested_typed_schema_trains_with_dotted_region_names() -> None:
+    from dataclasses import dataclass, field
+
+    from canvas_engineering import Field, compile_schema
+
+    @dataclass
+    class Arm:
+        joints: Field = Field(1, 1)
+
+    @dataclass
+    class Robot:
+        camera: Field = Field(2, 2)
+        arm: Arm = field(default_factory=Arm)
+
+    bound = compile_schema(Robot(), T=4, d_model=16, connectivity="causal", t_current=2)
+    formats = {"camera": {"kind": "patches", "channels": 1, "patch_size": 2}, "arm.joints": {"kind": "vector", "dim": 3}}
+    m = CanvasModule(bound, formats, backbone_config={"depth": 1, "n_heads": 2})  # a BoundSchema is accepted
+    batch = {"camera": torch.rand(2, 4, 1, 4, 4), "arm.joints": torch.randn(2, 4, 3)}
+    loader = torch.utils.data.DataLoader([{k: v[i] for k, v in batch.items()} for i in range(2)], batch_size=2)
+    t = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, max_steps=1, limit_val_batches=1)
+    t.fit(m, loader, loader)
+    assert "val/arm.joints/loss" in t.callback_metrics
+
+
+def test_sample_returns_the_context_frames_as_given() -> None:
+    m = make()
+    batch = tiny_batch(2, seed=3)
+    out = m.sample(batch, num_inference_steps=2)
+    assert torch.equal(out["video"][:, :3], batch["video"][:, :3])
+    assert torch.equal(out["action"][:, :3], batch["action"][:, :3])
+    assert not torch.equal(out["action"][:, 3:], batch["action"][:, 3:])
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path) -> None:
+    import os
+
+    from canvas_engineering._atomic import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "f.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

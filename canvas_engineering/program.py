@@ -58,10 +58,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
+from canvas_engineering._json_source import read_json_source
 from canvas_engineering._atomic import atomic_write_text
 from canvas_engineering.attention_types import check_attention_type
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
@@ -172,6 +172,16 @@ def _choice(owner: str, name: str, value: object, choices: Sequence[str]) -> Non
 # -- clocks ----------------------------------------------------------------------------------
 
 
+
+def _from_mapping(cls: type, value: Mapping[str, Any], label: str) -> Any:  # noqa: ANN401
+    """``cls(**value)``, turning a bad or missing keyword into a ProgramValidationError."""
+    try:
+        return cls(**dict(value))
+    except TypeError as err:
+        msg = f"{label}{err}"
+        raise ProgramValidationError(msg) from None
+
+
 @dataclass(frozen=True)
 class Clock:
     """When a region updates. Frames are the region's own canvas frames ``k = 0 .. t-1``,
@@ -235,11 +245,7 @@ class Clock:
         if isinstance(value, Clock):
             return value
         if isinstance(value, Mapping):
-            try:
-                return cls(**dict(value))
-            except TypeError as err:
-                msg = f"clock {dict(value)!r}: {err}"
-                raise ProgramValidationError(msg) from None
+            return _from_mapping(cls, value, f"clock {dict(value)!r}: ")
         msg = f"clock must be a Clock, a dict or None, got {type(value).__name__}"
         raise ProgramValidationError(msg)
 
@@ -372,11 +378,7 @@ class RegionProgram:
         if isinstance(value, str):
             return cls(family=value)
         if isinstance(value, Mapping):
-            try:
-                return cls(**dict(value))
-            except TypeError as err:
-                msg = f"{err}"
-                raise ProgramValidationError(msg) from None
+            return _from_mapping(cls, value, "")
         msg = f"must be a RegionProgram, its dict or a family name, got {type(value).__name__}"
         raise ProgramValidationError(msg)
 
@@ -426,11 +428,7 @@ class ConnectionProgram:
         if isinstance(value, ConnectionProgram):
             return value
         if isinstance(value, Mapping):
-            try:
-                return cls(**dict(value))
-            except TypeError as err:
-                msg = f"{err}"
-                raise ProgramValidationError(msg) from None
+            return _from_mapping(cls, value, "")
         msg = f"must be a ConnectionProgram, its dict or None, got {type(value).__name__}"
         raise ProgramValidationError(msg)
 
@@ -747,20 +745,7 @@ class CanvasProgram:
         Raises:
             ProgramValidationError: unreadable file, invalid JSON or a bad key (named).
         """
-        where = "program JSON"
-        if isinstance(source, os.PathLike) or not str(source).lstrip().startswith("{"):
-            path = Path(source)
-            where = f"program file {str(path)!r}"
-            try:
-                source = path.read_text(encoding="utf-8")
-            except OSError as err:
-                msg = f"{where}: cannot read: {err.strerror or err}"
-                raise ProgramValidationError(msg) from None
-        try:
-            data = json.loads(source)
-        except json.JSONDecodeError as err:
-            msg = f"{where}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-            raise ProgramValidationError(msg) from None
+        data, where = read_json_source(source, "program", ProgramValidationError)
         return cls.from_dict(data, where=where)
 
     @classmethod

@@ -7,11 +7,11 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from canvas_engineering._json_source import read_json_source
 from canvas_engineering._atomic import atomic_write_text
 from canvas_engineering.errors import CanvasValidationError, SchemaValidationError
 from canvas_engineering.layout import CanvasLayout
@@ -124,20 +124,7 @@ class CanvasSchema:
         Raises:
             SchemaValidationError: unreadable file, invalid JSON, or a missing/bad key (named).
         """
-        where = "schema JSON"
-        if isinstance(source, os.PathLike) or not str(source).lstrip().startswith(("{", "[")):
-            path = Path(source)
-            where = f"schema file {str(path)!r}"
-            try:
-                source = path.read_text(encoding="utf-8")
-            except OSError as err:
-                msg = f"{where}: cannot read: {err.strerror or err}"
-                raise SchemaValidationError(msg) from None
-        try:
-            data = json.loads(source)
-        except json.JSONDecodeError as err:
-            msg = f"{where}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-            raise SchemaValidationError(msg) from None
+        data, where = read_json_source(source, "schema", SchemaValidationError)
         return cls.from_dict(data, where=where)
 
     @classmethod

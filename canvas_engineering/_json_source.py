@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json_source"]
+__all__ = ["read_json_source", "write_json"]
 
 
 def read_json_source(source: str | os.PathLike[str], kind: str, error: type[Exception]) -> tuple[Any, str]:
@@ -32,3 +32,13 @@ def read_json_source(source: str | os.PathLike[str], kind: str, error: type[Exce
     except json.JSONDecodeError as err:
         msg = f"{where}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
         raise error(msg) from None
+
+
+def write_json(data: Any, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:  # noqa: ANN401
+    """``data`` as JSON text; with ``path``, also written there atomically (temp file + rename)."""
+    from canvas_engineering._atomic import atomic_write_text
+
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        atomic_write_text(path, text + "\n")
+    return text

@@ -61,8 +61,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
-from canvas_engineering._json_source import read_json_source
-from canvas_engineering._atomic import atomic_write_text
+from canvas_engineering._json_source import read_json_source, write_json
 from canvas_engineering.attention_types import check_attention_type
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
 from canvas_engineering.schema import CanvasSchema
@@ -733,10 +732,7 @@ class CanvasProgram:
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
         """The program as JSON text; with ``path``, also written there atomically."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
+        return write_json(self.to_dict(), path, indent)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str]) -> CanvasProgram:

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from canvas_engineering._json_source import read_json_source
-from canvas_engineering._atomic import atomic_write_text
+from canvas_engineering._json_source import read_json_source, write_json
 from canvas_engineering.errors import CanvasValidationError, SchemaValidationError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region import RegionSpec, validate_embedding
@@ -112,10 +111,7 @@ class CanvasSchema:
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
         """The schema as JSON text; with ``path``, also written there atomically (temp file + rename)."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
+        return write_json(self.to_dict(), path, indent)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str]) -> CanvasSchema:

@@ -1,30 +1,45 @@
-"""Benchmark: the looping result at small scale (looped vs non-looped canvas DiTs, several seeds).
+"""Benchmark: whether looping (running the same blocks several times) helps a canvas DiT that learns.
 
-Data: the quick-start bouncing-ball video (``BouncingBallsDataModule``, fewer training
-samples), predicting the second half of each clip from the first. Every model is a canvas
-DiT (``CanvasModule``, 4 heads, lr 1e-3, 20 warm-up steps) trained for the same number of
-steps with the same batches; only the backbone differs:
+Every model is a :class:`~canvas_engineering.CanvasModule` on a ``BouncingBallsDataModule``
+canvas with one shared recipe (:data:`RECIPE`: rectified flow, logit-normal noise levels
+centred on high noise, 10 sampling steps, AdamW lr 1e-3 with 20 warm-up steps) and a
+``canvas_dit`` backbone of 4 heads; every run of a seed sees the same data (the data module's
+``seed`` and ``lightning.seed_everything`` both take the run's seed).
 
-* ``looped-L`` (L = 1..4): 2 blocks of width 64, each run L times with shared weights and
-  learned loop embeddings (``max_loops=L``, all L loops active from the first step, no
-  curriculum). ``looped-1`` is the plain 2-block model.
-* ``deep-L`` (matched depth): 2L distinct blocks of width 64, one pass: the same effective
-  depth and compute as ``looped-L``, L times the block parameters.
-* ``thin-L`` (matched parameters): 2L distinct blocks, one pass, narrowed to the width
-  (a multiple of 4) whose total parameter count is closest to ``looped-L``'s: the same depth,
-  compute of the same shape, the same parameter budget, no sharing.
+**What is measured** is not the training loss: after training, ``trainer.validate`` samples
+the future of every validation clip with :meth:`CanvasModule.sample` (10 denoising steps)
+and the module logs ``val/sample/video/mse``, the MSE of the sampled frames against the true
+ones, averaged over the predicted frames (also per frame, ``.../frame_{t}``). The same batches
+give three baselines that need no model: ``last`` (repeat the last context frame), ``mean``
+(the training split's mean frame) and ``constant_velocity`` (each ball continued from its
+true last position and velocity, no pushes). Sampled reward and action MSEs are recorded too.
 
-Reported: final validation loss (the training objective, weighted data-space MSE, on the
-validation split with fixed noise and timestep draws, 4 passes) as mean ± std over seeds;
-**parameter efficiency** as the seed defines it: how many parameters a non-looped model of
-the same width needs to reach the looped model's loss, divided by the looped model's
-parameters (log-linear interpolation along the ``looped-1``/``deep-2``/``deep-3``/``deep-4``
-curve of mean loss against parameters); and two-sided Welch t-test p-values of each looped
-model against the matched-parameter models (``thin-L``, and ``looped-1`` which has the same
-parameters and width) and against ``deep-L``.
+Studies (each condition at ``--seeds`` seeds; means with 95% t confidence intervals over
+seeds, two-sided Welch t-tests from ``scipy.stats``):
 
-    python benchmarks/looping.py [--seeds 3] [--steps 300] [--jobs 2] [--write-readme] [--quick]
+* ``loops``: ``loops-k`` (k = 1..4), the quick-start canvas (8 frames, 4 given, 4 predicted),
+  2 blocks each run k times (``max_loops=k``, all k loops active from the first step, no
+  curriculum). ``loops-1`` is the plain 2-block model; each ``loops-k`` is tested against it.
+* ``freeze``: a 2-block model with ``max_loops=3`` is pretrained at one loop for
+  ``--pretrain-steps`` (``pretrained``), then trained ``--steps`` more at 3 loops with a fresh
+  optimiser and: ``freeze-full`` (only the loop embeddings, ``LoopedBlockWrapper.loop_embeddings``,
+  train), ``freeze-half`` (the first half of the blocks frozen; their loop embeddings, the
+  other blocks, the rest of the backbone and the region codecs train) or ``freeze-none``
+  (everything trains). Control: the same pretrained model trained ``--steps`` more at one
+  loop (``pretrained-1loop``); each freeze level is tested against it.
+* ``long``: a long-horizon task where iteration should matter: 12 frames, 4 given, 8
+  predicted, causal-temporal topology (each block reads its own and the previous frame, so
+  information moves at most one frame per block pass), one block run k = 1, 2, 4, 8 times:
+  with k passes a predicted frame sees at most k frames back. Per-frame sampled MSEs are
+  reported; each ``long-k`` is tested against ``long-1``.
+
+Results go to ``runs/benchmarks/looping.json`` (every run's numbers) and, with
+``--write-readme``, to the ``looping`` section of README.md.
+
+    python benchmarks/looping.py [--seeds 5] [--jobs 2] [--write-readme] [--quick]
     python benchmarks/looping.py --from-json runs/benchmarks/looping.json [--write-readme]   # re-render only
+
+``--quick`` is a smoke test (4 steps, tiny data, 2 seeds, loops 1-2; numbers meaningless).
 """
 
 from __future__ import annotations
@@ -32,373 +47,481 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_note, write_readme_section  # noqa: E402
 
-DEFAULTS = {"steps": 300, "n_train": 256, "n_val": 128, "batch_size": 16, "width": 64, "depth": 2, "val_repeats": 4}
-QUICK = {"steps": 6, "n_train": 32, "n_val": 8, "batch_size": 8, "width": 32, "depth": 1, "val_repeats": 1}
+#: The shared CanvasModule recipe of every run (change it here).
+RECIPE: dict[str, Any] = {
+    "noise_scheduler": "flow",
+    "timestep_sampling": "logit_normal",
+    "logit_mean": 1.0,
+    "logit_std": 1.0,
+    "num_inference_steps": 10,
+    "sample_metric_steps": 10,
+    "lr": 1e-3,
+    "warmup_steps": 20,
+}
 N_HEADS = 4
+DEFAULTS: dict[str, Any] = {
+    "steps": 400, "pretrain_steps": 300, "n_train": 512, "n_val": 64, "batch_size": 16, "d_model": 64,
+    "depth": 2, "loops": [1, 2, 3, 4], "freeze_loops": 3, "freeze_levels": ["full", "half", "none"],
+    "long_depth": 1, "long_loops": [1, 2, 4, 8],
+}
+QUICK: dict[str, Any] = {
+    **DEFAULTS, "steps": 4, "pretrain_steps": 4, "n_train": 16, "n_val": 8, "batch_size": 8, "d_model": 32,
+    "loops": [1, 2], "long_loops": [1, 2],
+}
+#: The long-horizon task's data module arguments (8 predicted frames).
+LONG_TASK: dict[str, Any] = {"frames": 12, "t_current": 4, "topology": "causal_temporal"}
+STUDIES = ("loops", "freeze", "long")
+BASELINES = ("last", "mean", "constant_velocity")
+LOOP_PARAMETERS = ("loop_embeddings", "stream_embeddings")  # LoopedBlockWrapper's own parameters
+VIDEO = "val/sample/video/mse"
 
 
-# -- statistics -----------------------------------------------------------------------------
+# -- statistics (scipy.stats) ---------------------------------------------------------------
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-            if aa == 0:
-                break
-        if abs(d * c - 1.0) < 1e-14:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean and its Student-t confidence interval (``nan`` bounds for one value)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    sem = float(stats.sem(x))
+    if sem == 0.0:
+        return mean, mean, mean
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=sem)
+    return mean, float(lo), float(hi)
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test (scipy's when installed, else the same formula here)."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    try:
-        from scipy.stats import ttest_ind
+    """Two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``).
 
-        return float(ttest_ind(a, b, equal_var=False).pvalue)
-    except ImportError:
-        pass
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return 1.0 if ma == mb else 0.0
-    t = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return betainc(df / 2, 0.5, df / (df + t * t))
-
-
-def params_to_reach(target: float, curve: Sequence[tuple[int, float]]) -> tuple[float | None, str]:
-    """Parameters a model on ``curve`` (params, loss) needs to reach loss ``target``.
-
-    Walks the curve from the fewest parameters and interpolates log-linearly in the first
-    segment whose losses bracket ``target``. Returns ``(params, "")``, or ``(None, "below")``
-    when even the smallest model is at least as good, ``(None, "above")`` when no model on
-    the curve reaches ``target``.
+    ``nan`` with fewer than two values in a group; with no spread in either group, 1.0 when
+    the means are equal and 0.0 otherwise (scipy gives ``nan`` there).
     """
-    pts = sorted(curve)
-    if target >= pts[0][1]:
-        return None, "below"
-    for (p0, l0), (p1, l1) in zip(pts, pts[1:]):
-        if l1 <= target < l0:
-            frac = (l0 - target) / (l0 - l1)
-            return math.exp(math.log(p0) + frac * (math.log(p1) - math.log(p0))), ""
-    return None, "above"
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 1.0 if float(np.mean(a)) == float(np.mean(b)) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-# -- training -------------------------------------------------------------------------------
+# -- models and runs ------------------------------------------------------------------------
 
 
-def build(depth: int, width: int, loops: int, cfg: dict[str, Any], seed: int):  # noqa: ANN201
-    """Data module and model of one condition (data seed fixed at 0; ``seed`` for initialisation)."""
-    import lightning.pytorch as pl
-
-    from canvas_engineering import CanvasModule
+def build(job: dict[str, Any]):  # noqa: ANN201
+    """Build the data module and model of a job (seeded by the job's seed)."""
+    import lightning
     from canvas_engineering.datamodules import BouncingBallsDataModule
 
+    from canvas_engineering import CanvasModule
+
+    cfg, seed = job["cfg"], job["seed"]
+    task = LONG_TASK if job["study"] == "long" else {}
     dm = BouncingBallsDataModule(
-        n_train=cfg["n_train"], n_val=cfg["n_val"], n_test=8, batch_size=cfg["batch_size"], seed=0, d_model=width
+        n_train=cfg["n_train"], n_val=cfg["n_val"], n_test=8, batch_size=cfg["batch_size"], seed=seed,
+        d_model=cfg["d_model"], **task,
     )
-    pl.seed_everything(seed, verbose=False)
+    lightning.seed_everything(seed, verbose=False)
     model = CanvasModule(
         dm.schema,
         dm.region_formats,
         backbone="canvas_dit",
-        backbone_config={"depth": depth, "n_heads": N_HEADS},
-        max_loops=loops,
-        lr=1e-3,
-        warmup_steps=min(20, cfg["steps"] // 5),
+        backbone_config={"depth": job["depth"], "n_heads": N_HEADS},
+        max_loops=job["max_loops"],
+        sample_metric_batches=math.ceil(cfg["n_val"] / cfg["batch_size"]),  # the whole validation split
+        **RECIPE,
     )
-    model.set_loops(loops)
     return dm, model
 
 
-def count_params(depth: int, width: int, loops: int, cfg: dict[str, Any]) -> int:
-    """Trainable parameters of a condition's whole model (codecs, embeddings and backbone)."""
-    _, model = build(depth, width, loops, cfg, 0)
+def is_loop_parameter(name: str) -> bool:
+    """Whether a parameter name is a LoopedBlockWrapper's loop embedding."""
+    return name.rsplit(".", 1)[-1] in LOOP_PARAMETERS
+
+
+def apply_freeze(model: Any, level: str) -> None:  # noqa: ANN401
+    """Set ``requires_grad`` for a freeze level: ``full``, ``half`` or ``none`` (see the module docstring)."""
+    if level not in ("full", "half", "none"):
+        msg = f"freeze level {level!r} must be 'full', 'half' or 'none'"
+        raise ValueError(msg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(level != "full" or is_loop_parameter(name))
+    if level == "half":
+        blocks = model.backbone.blocks
+        for block in list(blocks)[: len(blocks) // 2]:
+            for name, p in block.named_parameters():
+                p.requires_grad_(is_loop_parameter(name))
+
+
+def trainable(model: Any) -> int:  # noqa: ANN401
+    """Count the parameters that train."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def fit_and_validate(model: Any, dm: Any, steps: int) -> tuple[dict[str, float], float]:  # noqa: ANN401
+    """Train ``steps`` steps with a fresh Trainer, then validate: (metrics, seconds)."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, check_val_every_n_epoch=10_000, enable_progress_bar=sys.stderr.isatty(),
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    out = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    return {k: float(v) for k, v in out.items()}, time.perf_counter() - start
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (condition, seed) and return its final validation loss."""
+    """Train and validate one job (a run, a pretraining or a continuation); return its record."""
+    import logging
     import warnings
 
-    import lightning.pytorch as pl
+    import lightning
     import torch
 
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
-    import logging
-
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|Tensor Cores).*")
-    cfg = job["cfg"]
-    dm, model = build(job["depth"], job["width"], job["loops"], cfg, job["seed"])
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=cfg["steps"], max_epochs=-1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-    )
-    start = time.perf_counter()
-    trainer.fit(model, dm)
-    seconds = time.perf_counter() - start
-    dm.setup("validate")
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        torch.manual_seed(12345)  # the same noise and timestep draws for every condition of a width
-        for _ in range(cfg["val_repeats"]):
-            for batch in dm.val_dataloader():
-                loss, _ = model.compute_loss(batch)
-                total += float(loss) * len(batch["video"])
-                count += len(batch["video"])
-    return {**{k: job[k] for k in ("name", "seed", "depth", "width", "loops")}, "val_loss": total / count, "seconds": seconds}
+    try:
+        dm, model = build(job)
+        if job["kind"] == "continue":
+            model.load_state_dict(torch.load(job["state"], weights_only=True))
+            lightning.seed_everything(job["seed"], verbose=False)  # the same noise and batches for every level
+        model.set_loops(job["loops"])
+        if job.get("freeze"):
+            apply_freeze(model, job["freeze"])
+        metrics, seconds = fit_and_validate(model, dm, job["steps"])
+        if job["kind"] == "pretrain":
+            torch.save(model.state_dict(), job["state"])
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("study", "condition", "seed", "depth", "loops", "max_loops", "steps", "freeze")
+    return {
+        **{k: job.get(k) for k in keys}, "trainable_params": trainable(model), "video_mse": metrics[VIDEO],
+        "seconds": seconds, "metrics": metrics,
+    }
 
 
-def thin_width(depth: int, target: int, cfg: dict[str, Any]) -> int:
-    """The width (multiple of 4, at most the default width) whose parameter count is closest to ``target``."""
-    best = min(range(8, cfg["width"] + 1, N_HEADS), key=lambda w: abs(count_params(depth, w, 1, cfg) - target))
-    return best
+def plan(cfg: dict[str, Any], seeds: int, studies: Sequence[str], state_dir: str) -> list[dict[str, Any]]:
+    """List the independent jobs: loop-count and long-horizon runs, and one pretraining per seed."""
+    jobs = []
+    for seed in range(seeds):
+        base = {"cfg": cfg, "seed": seed, "freeze": None}
+        if "loops" in studies:
+            for k in cfg["loops"]:
+                jobs.append({**base, "kind": "run", "study": "loops", "condition": f"loops-{k}", "depth": cfg["depth"],
+                             "loops": k, "max_loops": k, "steps": cfg["steps"]})
+        if "long" in studies:
+            for k in cfg["long_loops"]:
+                jobs.append({**base, "kind": "run", "study": "long", "condition": f"long-{k}",
+                             "depth": cfg["long_depth"], "loops": k, "max_loops": k, "steps": cfg["steps"]})
+        if "freeze" in studies:
+            jobs.append({**base, "kind": "pretrain", "study": "freeze", "condition": "pretrained",
+                         "depth": cfg["depth"], "loops": 1, "max_loops": cfg["freeze_loops"],
+                         "steps": cfg["pretrain_steps"], "state": str(Path(state_dir) / f"pretrained-{seed}.pt")})
+    return jobs
 
 
-def conditions(max_loops: int, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every condition: name, depth, width, loops, kind, its L, its parameter count."""
-    d, w = cfg["depth"], cfg["width"]
-    out = []
-    for loops in range(1, max_loops + 1):
-        out.append({"name": f"looped-{loops}", "kind": "looped", "L": loops, "depth": d, "width": w, "loops": loops})
-    for loops in range(2, max_loops + 1):
-        out.append({"name": f"deep-{loops}", "kind": "deep", "L": loops, "depth": d * loops, "width": w, "loops": 1})
-    for cond in out:
-        cond["params"] = count_params(cond["depth"], cond["width"], cond["loops"], cfg)
-    looped_params = {c["L"]: c["params"] for c in out if c["kind"] == "looped"}
-    for loops in range(2, max_loops + 1):
-        width = thin_width(d * loops, looped_params[loops], cfg)
-        cond = {"name": f"thin-{loops}", "kind": "thin", "L": loops, "depth": d * loops, "width": width, "loops": 1}
-        cond["params"] = count_params(cond["depth"], width, 1, cfg)
-        out.append(cond)
-    return out
+def continuations(pretrain: dict[str, Any]) -> list[dict[str, Any]]:
+    """List the jobs a finished pretraining unlocks: each freeze level at 3 loops, and the 1-loop control."""
+    cfg = pretrain["cfg"]
+    base = {**pretrain, "kind": "continue", "steps": cfg["steps"]}
+    jobs = [{**base, "condition": f"freeze-{lvl}", "loops": cfg["freeze_loops"], "freeze": lvl}
+            for lvl in cfg["freeze_levels"]]
+    return [*jobs, {**base, "condition": "pretrained-1loop", "loops": 1, "freeze": "none"}]
+
+
+def cost(job: dict[str, Any]) -> float:
+    """Rough relative cost (steps x block passes x canvas size); pretraining first, it unlocks 4 jobs."""
+    positions = 12 if job["study"] == "long" else 8
+    work = job["steps"] * (0.5 + job["depth"] * job["loops"]) * positions**1.5
+    return math.inf if job["kind"] == "pretrain" else work
+
+
+def execute(jobs: list[dict[str, Any]], workers: int, done: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+    """Run ``jobs`` (and the continuations of pretrainings), costliest ready job first."""
+    ready = list(jobs)
+
+    def finish(job: dict[str, Any], record: dict[str, Any]) -> None:
+        done(job, record)
+        if job["kind"] == "pretrain":
+            ready.extend(continuations(job))
+
+    if workers <= 1:
+        while ready:
+            ready.sort(key=cost)
+            job = ready.pop()
+            finish(job, run_one(job))
+        return
+    import multiprocessing as mp
+
+    running: dict[Future, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        while ready or running:
+            ready.sort(key=cost)
+            while ready and len(running) < workers:
+                job = ready.pop()
+                running[pool.submit(run_one, job)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                finish(running.pop(future), future.result())
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def _fmt_p(p: float) -> str:
-    if math.isnan(p):
+def _f(x: float, digits: int = 5) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
         return "n/a"
     return f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
-def summarise(
-    conds: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
-    cfg: dict[str, Any],
-    seeds: int,
-    minutes: float,
-    jobs: int = 1,
-    machine: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """The README text (markdown table and findings) and the numbers behind it."""
-    by_name = {c["name"]: c for c in conds}
-    losses: dict[str, list[float]] = {c["name"]: [] for c in conds}
-    for r in runs:
-        losses[r["name"]].append(r["val_loss"])
-    stats = {
-        n: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "losses": v}
-        for n, v in losses.items()
+def _rel(a: float, b: float) -> str:
+    return f"{(a / b - 1) * 100:+.1f}%" if b else "n/a"
+
+
+def condition_stats(runs: list[dict[str, Any]], reference: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Mean sampled video MSE with its 95% CI, baselines, other regions, per frame, p vs ``reference``."""
+    video = [r["video_mse"] for r in runs]
+    mean, lo, hi = mean_ci(video)
+
+    def avg(key: str) -> float:
+        values = [r["metrics"][key] for r in runs if key in r["metrics"]]
+        return statistics.fmean(values) if values else math.nan
+
+    frames = sorted({int(k.rsplit("_", 1)[1]) for r in runs for k in r["metrics"] if k.startswith(f"{VIDEO}/frame_")})
+    per_frame = {"sample": {t: avg(f"{VIDEO}/frame_{t}") for t in frames}}
+    for b in BASELINES:
+        per_frame[b] = {t: avg(f"val/baseline/{b}/video/mse/frame_{t}") for t in frames}
+    return {
+        "n": len(runs), "mean": mean, "ci": [lo, hi], "values": video,
+        "baselines": {b: avg(f"val/baseline/{b}/video/mse") for b in BASELINES},
+        "reward_mse": avg("val/sample/reward/mse"), "action_mse": avg("val/sample/action/mse"),
+        "per_frame": per_frame, "trainable_params": runs[0]["trainable_params"],
+        "loops": runs[0]["loops"], "depth": runs[0]["depth"], "steps": runs[0]["steps"],
+        "p": welch_p(video, [r["video_mse"] for r in reference]) if reference is not None else None,
     }
-    max_loops = max(c["L"] for c in conds)
-    curve = [(by_name["looped-1"]["params"], stats["looped-1"]["mean"])]
-    curve += [(by_name[f"deep-{k}"]["params"], stats[f"deep-{k}"]["mean"]) for k in range(2, max_loops + 1)]
-    base = stats["looped-1"]
-    lines = [
-        "| model | blocks x passes | width | parameters | final val loss (mean ± std) | vs looped-1 |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for c in conds:
-        s = stats[c["name"]]
-        rel = (s["mean"] / base["mean"] - 1) * 100
+
+
+def _table(
+    names: list[str], stat: dict[str, dict[str, Any]], ref: str, first: tuple[str, Callable[[str, dict], str]]
+) -> list[str]:
+    head = (
+        f"| condition | {first[0]} | trainable params | steps | sampled video MSE, mean [95% CI] | n | vs {ref} | "
+        f"Welch p vs {ref} | repeat last | training mean | constant velocity | reward MSE | action MSE |"
+    )
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in names:
+        s = stat[name]
+        is_ref = name == ref
         lines.append(
-            f"| {c['name']} | {c['depth']} x {c['loops']} | {c['width']} | {c['params']:,} | "
-            f"{s['mean']:.5f} ± {s['std']:.5f} | {rel:+.1f}% |"
+            f"| {name} | {first[1](name, s)} | {s['trainable_params']:,} | {s['steps']} | "
+            f"{_f(s['mean'])} [{_f(s['ci'][0])}, {_f(s['ci'][1])}] | {s['n']} | "
+            f"{'-' if is_ref else _rel(s['mean'], stat[ref]['mean'])} | {'-' if is_ref else _p(s['p'])} | "
+            + " | ".join(_f(s["baselines"][b]) for b in BASELINES)
+            + f" | {_f(s['reward_mse'], 4)} | {_f(s['action_mse'], 4)} |"
         )
-    lines += [
+    return lines
+
+
+def _verdicts(names: list[str], stat: dict[str, dict[str, Any]], ref: str) -> str:
+    parts = []
+    for name in names:
+        if name == ref:
+            continue
+        s = stat[name]
+        sig = "significant" if s["p"] is not None and s["p"] < 0.05 else "not significant"
+        parts.append(f"{name} {_rel(s['mean'], stat[ref]['mean'])} (p = {_p(s['p'])}, {sig})")
+    return "; ".join(parts)
+
+
+def _learns(name: str, s: dict[str, Any]) -> str:
+    """How a condition compares with the baselines (does the recipe learn?)."""
+    b = s["baselines"]
+    best = min(BASELINES, key=lambda k: b[k])
+    beaten = [k.replace("_", " ") for k in BASELINES if s["mean"] < b[k]]
+    return (
+        f"{name} ({_f(s['mean'])}) beats {', '.join(beaten) if beaten else 'no baseline'}"
+        f"; the best baseline is {best.replace('_', ' ')} ({_f(b[best])})"
+    )
+
+
+def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Render the README markdown; also return the per-condition statistics behind it."""
+    runs, cfg = saved["runs"], saved["config"]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        by.setdefault(r["condition"], []).append(r)
+    refs = {"loops": "loops-1", "freeze": "pretrained-1loop", "long": "long-1"}
+    stat = {}
+    for name, rs in by.items():
+        ref = refs[rs[0]["study"]]
+        stat[name] = condition_stats(rs, by.get(ref) if name != ref else None)
+    lines = [
+        f"Machine: {saved['machine']}. Wall time: {saved['minutes']:.1f} min for {len(runs)} runs "
+        f"({saved['jobs']} at a time, 1 thread each).",
         "",
-        "| looped model | parameter efficiency | p vs thin-L (same params, same depth) | p vs looped-1 (same params, same width) | p vs deep-L (same depth, L x params) |",
-        "|---|---:|---:|---:|---:|",
+        "Metric: **sampled-future video MSE** on the validation split (`val/sample/video/mse`: "
+        f"`CanvasModule.sample` with {RECIPE['sample_metric_steps']} denoising steps, MSE against the true frames, "
+        "mean over the predicted frames; lower is better), mean over seeds with its 95% t interval; the "
+        "baselines (repeat the last context frame, the training mean frame, constant-velocity extrapolation "
+        "of the true ball state) are scored on the same clips. Welch p-values are two-sided "
+        f"(`scipy.stats.ttest_ind(equal_var=False)`, {saved['seeds']} seeds per group). Recipe: "
+        + ", ".join(f"`{k}={v!r}`" for k, v in saved.get("recipe", RECIPE).items())
+        + f", `canvas_dit` with {N_HEADS} heads, d_model {cfg['d_model']}, batch {cfg['batch_size']}, "
+        f"{cfg['n_train']} training and {cfg['n_val']} validation clips per seed (data seeded by the run's seed).",
     ]
-    numbers: dict[str, Any] = {"stats": stats, "efficiency": {}, "eff_text": {}, "p": {}}
-    for k in range(2, max_loops + 1):
-        name = f"looped-{k}"
-        p_needed, where = params_to_reach(stats[name]["mean"], curve)
-        own = by_name[name]["params"]
-        if p_needed is not None:
-            eff, eff_txt = p_needed / own, f"{p_needed / own:.2f}x"
-        elif where == "below":
-            eff, eff_txt = None, "at most 1x (not better than looped-1)"
-        else:
-            eff, eff_txt = None, f"more than {curve[-1][0] / own:.2f}x (better than every deep model)"
-        p_thin = welch_p(stats[name]["losses"], stats[f"thin-{k}"]["losses"])
-        p_one = welch_p(stats[name]["losses"], stats["looped-1"]["losses"])
-        p_deep = welch_p(stats[name]["losses"], stats[f"deep-{k}"]["losses"])
-        numbers["efficiency"][name] = eff
-        numbers["eff_text"][name] = eff_txt
-        numbers["p"][name] = {"thin": p_thin, "looped-1": p_one, "deep": p_deep}
-        lines.append(f"| {name} | {eff_txt} | {_fmt_p(p_thin)} | {_fmt_p(p_one)} | {_fmt_p(p_deep)} |")
-    # Findings, written from the numbers.
-    best = min((f"looped-{k}" for k in range(1, max_loops + 1)), key=lambda n: stats[n]["mean"])
-    findings = []
-    for k in range(2, max_loops + 1):
-        name = f"looped-{k}"
-        for other, key in ((f"thin-{k}", "thin"), ("looped-1", "looped-1"), (f"deep-{k}", "deep")):
-            s, t, p = stats[name], stats[other], numbers["p"][name][key]
-            verdict = "lower" if s["mean"] < t["mean"] else "higher"
-            findings.append(
-                f"{name} vs {other}: {verdict} loss ({s['mean']:.5f} vs {t['mean']:.5f}, {(s['mean'] / t['mean'] - 1) * 100:+.1f}%), "
-                f"{'significant' if p < 0.05 else 'not significant'} at p < 0.05 (p = {_fmt_p(p)})"
+    loops = [n for n in (f"loops-{k}" for k in cfg["loops"]) if n in stat]
+    if loops:
+        lines += [
+            "",
+            f"**Loop count** (quick-start canvas: 8 frames, 4 predicted; {cfg['depth']} blocks run k times, all "
+            f"loops from the first step; {cfg['steps']} steps):",
+            "",
+            *_table(loops, stat, "loops-1", ("blocks x loops", lambda n, s: f"{s['depth']} x {s['loops']}")),
+            "",
+            f"Against loops-1: {_verdicts(loops, stat, 'loops-1') or 'n/a'}. "
+            f"Best: **{min(loops, key=lambda n: stat[n]['mean'])}**. {_learns('loops-1', stat['loops-1'])}.",
+        ]
+    freeze = [n for n in ("pretrained", *(f"freeze-{lvl}" for lvl in cfg["freeze_levels"]), "pretrained-1loop")
+              if n in stat]
+    if "pretrained-1loop" in stat:
+        trains = {"pretrained": "all (pretraining)", "freeze-full": "loop embeddings only",
+                  "freeze-half": f"all but the first {cfg['depth'] // 2} block(s)", "freeze-none": "all",
+                  "pretrained-1loop": "all"}
+        lines += [
+            "",
+            f"**Freeze levels** ({cfg['depth']} blocks pretrained at 1 loop for {cfg['pretrain_steps']} steps "
+            f"(`pretrained`), then {cfg['steps']} more steps at {cfg['freeze_loops']} loops with the given parameters "
+            "training, or at 1 loop for the control `pretrained-1loop`; steps count the continued training):",
+            "",
+            *_table(freeze, stat, "pretrained-1loop", ("loops: trains", lambda n, s: f"{s['loops']}: {trains[n]}")),
+            "",
+            f"Against the 1-loop control: {_verdicts(freeze[1:], stat, 'pretrained-1loop')}. "
+            f"{_learns('pretrained-1loop', stat['pretrained-1loop'])}.",
+        ]
+    long = [n for n in (f"long-{k}" for k in cfg["long_loops"]) if n in stat]
+    if long:
+        frames = sorted(stat[long[0]]["per_frame"]["sample"])
+        last_k = long[-1]
+        pf = {n: stat[n]["per_frame"]["sample"] for n in long}
+        lines += [
+            "",
+            f"**Long horizon** (12 frames, 4 given, 8 predicted, causal-temporal; {cfg['long_depth']} block run k "
+            f"times, so a predicted frame sees at most k frames back; {cfg['steps']} steps):",
+            "",
+            *_table(long, stat, "long-1", ("blocks x loops", lambda n, s: f"{s['depth']} x {s['loops']}")),
+            "",
+            "Sampled video MSE per predicted frame (mean over seeds):",
+            "",
+            "| condition | " + " | ".join(f"frame {t}" for t in frames) + " | mean |",
+            "|---|" + "---:|" * (len(frames) + 1),
+            *(f"| {n} | " + " | ".join(_f(pf[n][t]) for t in frames) + f" | {_f(stat[n]['mean'])} |" for n in long),
+            *(
+                f"| baseline: {b.replace('_', ' ')} | "
+                + " | ".join(_f(stat[long[0]]["per_frame"][b][t]) for t in frames)
+                + f" | {_f(stat[long[0]]['baselines'][b])} |"
+                for b in BASELINES
+            ),
+            "",
+            f"Against long-1: {_verdicts(long, stat, 'long-1') or 'n/a'}. "
+            + (
+                f"{last_k} vs long-1 at the first predicted frame ({frames[0]}): "
+                f"{_rel(pf[last_k][frames[0]], pf['long-1'][frames[0]])}; at the last ({frames[-1]}): "
+                f"{_rel(pf[last_k][frames[-1]], pf['long-1'][frames[-1]])}. "
+                if len(long) > 1 and frames
+                else ""
             )
-    eff_texts = [f"{n}: {t}" for n, t in numbers["eff_text"].items()]
-    looped_names = [f"looped-{k}" for k in range(2, max_loops + 1)]
-    p_one = [numbers["p"][n]["looped-1"] for n in looped_names]
-    p_thin = [numbers["p"][n]["thin"] for n in looped_names]
-    best_note = ""
-    if best != "looped-1" and numbers["p"][best]["looped-1"] >= 0.05:
-        best_note = " (not significantly better than one pass)"
-    deep_gain = (1 - min(loss for _, loss in curve[1:]) / curve[0][1]) * 100
-    if all(p >= 0.05 for p in p_one):
-        headline = (
-            f"**Null result at this scale.** No looped model differs significantly from the same 2 blocks run once "
-            f"(p >= {min(p_one):.2g}), so looping adds depth and compute without a measurable gain here, and the "
-            f"seed's 1.73x parameter efficiency is not reproduced. The unshared deep models of the same width gain "
-            f"only {deep_gain:.1f}% from {curve[1][0] / curve[0][0]:.1f}-{curve[-1][0] / curve[0][0]:.1f}x the "
-            "parameters, so this task leaves little room for an efficiency gain."
-        )
-    else:
-        sig = [n for n, p in zip(looped_names, p_one) if p < 0.05]
-        headline = f"Looping changes the loss significantly against one pass for {', '.join(sig)}."
-    if all(p < 0.05 for p in p_thin) and all(stats[n]["mean"] < stats[f"thin-{n.split('-')[1]}"]["mean"] for n in looped_names):
-        headline += (
-            " At a matched parameter count and depth, the looped (shared, wide) models beat the unshared narrow "
-            "ones significantly: for a fixed budget, width paid for by sharing beats distinct thin layers."
-        )
+            + f"{_learns('long-1', stat['long-1'])}.",
+        ]
     lines += [
         "",
-        headline,
-        "",
-        f"Best loop count among the looped models: **{best.split('-')[1]}**{best_note}. Parameter efficiency "
-        f"(parameters a non-looped model of width {cfg['width']} needs for the same loss, over the looped model's): "
-        + "; ".join(eff_texts) + ".",
-        "",
-        *[f"* {f}." for f in findings],
-        "",
-        f"Setting: {seeds} seeds (initialisation and noise; the data is fixed), {cfg['steps']} steps x batch "
-        f"{cfg['batch_size']}, {cfg['n_train']} training and {cfg['n_val']} validation clips, "
-        f"{cfg['val_repeats']} validation passes with fixed noise. Parameters count the whole CanvasModule "
-        f"(codecs, embeddings, backbone). Efficiencies are read off mean losses: where the p-values are "
-        f"large they are within seed noise. Welch p-values with {seeds} runs per group are coarse. "
-        f"Total {minutes:.1f} min ({jobs} run(s) at a time) on {machine or machine_note()}. "
-        "`python benchmarks/looping.py --write-readme`.",
+        f"`python benchmarks/looping.py --seeds {saved['seeds']} --jobs {saved['jobs']} --write-readme`; every run's "
+        f"numbers in `{saved.get('out', 'runs/benchmarks/looping.json')}`.",
     ]
-    return "\n".join(lines), numbers
+    return "\n".join(lines), stat
+
+
+# -- main -----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every (condition, seed), print the table, optionally write it into README.md."""
+    """Run every (condition, seed), print the tables, save the JSON, optionally write README.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds per condition")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--max-loops", type=int, default=4, help="largest loop count L")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes, cores split between them)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per condition (default 5; 2 with --quick)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes, 1 thread each)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (and continued steps)")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="1-loop pretraining steps (freeze study)")
+    parser.add_argument("--n-train", type=int, default=None, help="training clips per seed")
+    parser.add_argument("--n-val", type=int, default=None, help="validation clips per seed")
+    parser.add_argument("--studies", default=",".join(STUDIES), help=f"comma-separated subset of {', '.join(STUDIES)}")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, numbers meaningless)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "benchmarks" / "looping.json")
     parser.add_argument("--write-readme", action="store_true")
-    parser.add_argument("--from-json", type=Path, default=None, help="re-render the report of a saved run (no training)")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render a saved run (no training)")
     args = parser.parse_args(argv)
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        text, _ = summarise(
-            saved["conditions"], saved["runs"], saved["config"], saved["seeds"], saved["minutes"],
-            saved.get("jobs", 1), saved.get("machine"),
-        )
+        text, _ = summarise(saved)
         print(text)
         if args.write_readme:
             write_readme_section("looping", text)
             print("README.md: looping section updated")
         return saved
+    studies = [s.strip() for s in args.studies.split(",") if s.strip()]
+    if not studies or set(studies) - set(STUDIES):
+        parser.error(f"--studies must be a subset of {', '.join(STUDIES)}")
     cfg = dict(QUICK if args.quick else DEFAULTS)
-    if args.steps:
-        cfg["steps"] = args.steps
-    max_loops = 2 if args.quick and args.max_loops == 4 else args.max_loops
+    for key in ("steps", "pretrain_steps", "n_train", "n_val"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    seeds = args.seeds or (2 if args.quick else 5)
     start = time.perf_counter()
-    conds = conditions(max_loops, cfg)
-    for c in conds:
-        print(f"{c['name']:>9}: {c['depth']} blocks x {c['loops']} passes, width {c['width']}, {c['params']:,} parameters")
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    jobs = [
-        {**{k: c[k] for k in ("name", "depth", "width", "loops")}, "seed": seed, "cfg": cfg, "threads": threads}
-        for seed in range(args.seeds)
-        for c in sorted(conds, key=lambda c: -c["depth"] * c["loops"])  # longest first
-    ]
     runs: list[dict[str, Any]] = []
 
-    def done(r: dict[str, Any]) -> None:
+    def done(job: dict[str, Any], r: dict[str, Any]) -> None:
         runs.append(r)
-        print(f"  {r['name']:>9} seed {r['seed']}: val loss {r['val_loss']:.5f} ({r['seconds']:.0f} s)", flush=True)
+        base = r["metrics"].get("val/baseline/constant_velocity/video/mse", math.nan)
+        print(
+            f"  {r['condition']:>16} seed {r['seed']}: sampled video MSE {r['video_mse']:.5f} "
+            f"(constant velocity {base:.5f}) {r['seconds']:.0f} s [{len(runs)} done, "
+            f"{(time.perf_counter() - start) / 60:.1f} min]",
+            flush=True,
+        )
 
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            for r in pool.map(run_one, jobs):
-                done(r)
-    else:
-        for job in jobs:
-            done(run_one(job))
+    with tempfile.TemporaryDirectory(prefix="looping-") as state_dir:
+        execute(plan(cfg, seeds, studies, state_dir), args.jobs, done)
     minutes = (time.perf_counter() - start) / 60
-    machine = f"{machine_note()}; each run used {threads} thread(s)"
-    text, numbers = summarise(conds, runs, cfg, args.seeds, minutes, args.jobs, machine)
+    result = {
+        "config": cfg, "recipe": RECIPE, "seeds": seeds, "jobs": args.jobs, "studies": studies,
+        "machine": machine_note(), "minutes": minutes, "out": str(args.out), "runs": runs,
+    }
+    text, stat = summarise(result)
+    result["summary"] = stat
     print()
     print(text)
-    result = {
-        "config": cfg, "seeds": args.seeds, "jobs": args.jobs, "machine": machine, "conditions": conds, "runs": runs,
-        "minutes": minutes, **numbers,
-    }
     try:
         from canvas_engineering._atomic import atomic_write_text
 

@@ -173,6 +173,9 @@ class CanvasDiT(CanvasBackbone):
         write_modes: one write mode per connection of ``topology`` (see
             :class:`CanvasAttention`); ``None``: all ``"add"``. ``CanvasModule`` passes a
             program's write modes here.
+        input_projection: pass the content through a learned Linear before adding the
+            position and region encodings (DiT's patch embedding; without it the noise of
+            noised tokens drowns their position encodings).
 
     Attributes:
         canvas: the :class:`SpatiotemporalCanvas` holding the position/region encodings.
@@ -207,6 +210,7 @@ class CanvasDiT(CanvasBackbone):
         kernel: Kernel = "auto",
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
         write_modes: Sequence[str] | None = None,
+        input_projection: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(layout, CanvasLayout):
@@ -231,6 +235,10 @@ class CanvasDiT(CanvasBackbone):
         self.d_model = d
         self.canvas = SpatiotemporalCanvas(layout)
         self.time_embed = TimestepEmbedding(d)
+        # Content goes through a learned map before the position encodings are added (as DiT's
+        # patch embedding does): noised tokens fill every dimension, and without this map their
+        # noise drowns the positions, so a pure-noise query cannot find its own place to read.
+        self.input_proj = nn.Linear(d, d) if input_projection else nn.Identity()
         blocks: list[nn.Module] = []
         for i in range(depth):
             block = CanvasBlock(layout, topology, d, n_heads, mlp_ratio, kernel, type_config, write_modes)
@@ -245,7 +253,8 @@ class CanvasDiT(CanvasBackbone):
 
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         """Predict ``(B, N, d)`` from canvas content ``tokens (B, N, d)`` at ``timestep`` (``(B,)`` or scalar)."""
-        x = self.canvas.encode(tokens)  # (B, N, d); validates the shape
+        self.canvas._check_canvas(tokens)
+        x = self.canvas.encode(self.input_proj(tokens))  # (B, N, d)
         batch = x.shape[0]
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.dim() == 0:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
+from canvas_engineering.future_metrics import future_metrics_table
 from canvas_engineering.module import CanvasModule
 
-__all__ = ["QUICKSTART_CONFIG", "CanvasCLI", "run_lightning_cli"]
+__all__ = ["QUICKSTART_CONFIG", "CanvasCLI", "fit_summary", "run_lightning_cli"]
 
 #: The packaged quick-start configuration.
 QUICKSTART_CONFIG = str(resources.files("canvas_engineering") / "configs" / "quickstart.yaml")
@@ -27,6 +30,36 @@ class CanvasCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.schema", "model.schema", compute_fn=_schema_dict, apply_on="instantiate")
         parser.link_arguments("data.region_formats", "model.region_formats", apply_on="instantiate")
+
+    @rank_zero_only
+    def after_fit(self) -> None:
+        """Print the sampled-future metrics against the baselines and where the outputs went."""
+        print(fit_summary(self.trainer), flush=True)
+
+
+def fit_summary(trainer: pl.Trainer) -> str:
+    """The end-of-fit report: the last validation's sampled future vs baselines, and every output folder."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    lines = [f"Finished at step {trainer.global_step}."]
+    if "val/loss" in metrics:
+        lines.append(f"val/loss (teacher-forced, weighted data-space MSE): {metrics['val/loss']:.4f}")
+    table = future_metrics_table(metrics)
+    if table:
+        lines += ["Sampled future (CanvasModule.sample) against baselines on the same validation batches:", table]
+    outputs = []
+    if trainer.log_dir is not None and trainer.loggers:
+        outputs.append(f"  logs and TensorBoard events: {trainer.log_dir}")
+    for callback in trainer.callbacks:
+        for attribute, what in (("save_dir", "pictures"), ("dirpath", "checkpoints")):
+            folder = getattr(callback, attribute, None)
+            if folder is not None:
+                outputs.append(f"  {what} ({type(callback).__name__}): {folder}")
+    if outputs:
+        lines += ["Outputs:", *outputs]
+    if trainer.loggers:
+        root = trainer.loggers[0].save_dir or trainer.default_root_dir
+        lines.append(f"Open the logs with: tensorboard --logdir {root}")
+    return "\n".join(lines)
 
 
 def _schema_dict(schema: Any) -> dict[str, Any]:  # noqa: ANN401

@@ -12,6 +12,8 @@ from torch import nn
 
 from canvas_engineering.canvas import SpatiotemporalCanvas
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.future_metrics import FutureFrameMetric, baselines_from_batch, repeat_last_baseline
+from canvas_engineering.noise_process import NoiseProcess, NoiseSchedulerName, TimestepSampling, make_noise_process
 from canvas_engineering.program import CanvasProgram
 from canvas_engineering.region_codecs import (
     RegionDecoder,
@@ -157,7 +159,9 @@ class CanvasModule(pl.LightningModule):
         backbone_config: keyword arguments for the backbone factory.
         max_loops: loops of each looped block (driven by ``LoopCurriculum``).
         freeze: freeze strategy for pretrained backbones (``"none"`` for from-scratch ones).
-        noise_scheduler: ``"ddpm"`` or ``"ddim"`` (diffusers).
+        noise_scheduler: ``"ddpm"``, ``"ddim"`` (diffusers, integer timesteps) or ``"flow"``
+            (rectified flow sampled with diffusers' ``FlowMatchEulerDiscreteScheduler``); the
+            network always predicts the clean canvas (:mod:`canvas_engineering.noise_process`).
         num_train_timesteps: diffusion steps of the scheduler.
         num_inference_steps: denoising steps of :meth:`sample`.
         lr: AdamW learning rate.
@@ -165,6 +169,17 @@ class CanvasModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up steps.
         program: a :class:`CanvasProgram`, its dict, JSON text or a JSON file path; its schema
             is the model's. Saved in the hyper-parameters (as a dict) so checkpoints reload it.
+        timestep_sampling: how training noise levels are drawn: ``"uniform"`` or
+            ``"logit_normal"`` (sigmoid of ``N(logit_mean, logit_std)``; a positive mean trains
+            more at high noise, where the model must predict the future rather than denoise it).
+        logit_mean: mean of the logit-normal draw.
+        logit_std: its standard deviation (> 0).
+        sample_metrics: score the sampled future at validation and test
+            (:meth:`update_future_metrics`): per region and predicted frame, MSE (and SSIM for
+            images) of :meth:`sample`'s output and of the baselines, logged as
+            ``val/sample/{region}/...`` and ``val/baseline/{name}/{region}/...``.
+        sample_metric_batches: how many batches of each validation/test epoch are sampled.
+        sample_metric_steps: denoising steps for those samples (``None``: ``num_inference_steps``).
     """
 
     def __init__(
@@ -175,13 +190,19 @@ class CanvasModule(pl.LightningModule):
         backbone_config: dict[str, Any] | None = None,
         max_loops: int = 1,
         freeze: Literal["full", "half", "none"] = "none",
-        noise_scheduler: Literal["ddpm", "ddim"] = "ddpm",
+        noise_scheduler: NoiseSchedulerName = "ddpm",
         num_train_timesteps: int = 1000,
         num_inference_steps: int = 20,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
         program: CanvasProgram | dict[str, Any] | str | None = None,
+        timestep_sampling: TimestepSampling = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        sample_metrics: bool = True,
+        sample_metric_batches: int = 4,
+        sample_metric_steps: int | None = None,
     ) -> None:
         super().__init__()
         from canvas_engineering.plugin_host import get_registry
@@ -203,6 +224,13 @@ class CanvasModule(pl.LightningModule):
             ("num_inference_steps", num_inference_steps, isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= num_train_timesteps),
             ("lr", lr, isinstance(lr, (int, float)) and lr > 0),
             ("warmup_steps", warmup_steps, isinstance(warmup_steps, int) and warmup_steps >= 0),
+            ("sample_metrics", sample_metrics, isinstance(sample_metrics, bool)),
+            ("sample_metric_batches", sample_metric_batches, isinstance(sample_metric_batches, int) and sample_metric_batches >= 0),
+            (
+                "sample_metric_steps",
+                sample_metric_steps,
+                sample_metric_steps is None or (isinstance(sample_metric_steps, int) and 1 <= sample_metric_steps <= num_train_timesteps),
+            ),
         ):
             if not ok:
                 msg = f"CanvasModule.{name}={value!r} is out of range"
@@ -236,7 +264,9 @@ class CanvasModule(pl.LightningModule):
             if any(m != "add" for m in modes):
                 config.setdefault("write_modes", list(modes))
         self.backbone = get_registry().backbones[backbone].obj(self.layout, topology, **config)
-        self.scheduler = self._make_scheduler()
+        self.noise_process: NoiseProcess = make_noise_process(
+            noise_scheduler, num_train_timesteps, timestep_sampling, logit_mean, logit_std
+        )
         self._register_masks(program, formats)
         # keys get a prefix: "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict(
@@ -247,6 +277,9 @@ class CanvasModule(pl.LightningModule):
                 for stage in ("train", "val", "test")
             }
         )
+        #: "{source}/{region}" -> metric of the sampled future (source "sample" or a baseline name);
+        #: created on first use (baselines come with the batches), not part of the state dict
+        self.future_metrics: dict[str, FutureFrameMetric] = {}
 
     # -- construction helpers ------------------------------------------------------------
 
@@ -290,12 +323,6 @@ class CanvasModule(pl.LightningModule):
                 content[layout.region_indices(name)] = value  # a number, or one d_model vector per token
         self.constant_canvas: torch.Tensor | None
         self.register_buffer("constant_canvas", content, persistent=False)
-
-    def _make_scheduler(self):  # noqa: ANN202
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        cls = DDPMScheduler if self.hparams.noise_scheduler == "ddpm" else DDIMScheduler
-        return cls(num_train_timesteps=self.hparams.num_train_timesteps, prediction_type="sample", clip_sample=False)
 
     def _loss_regions(self) -> list[str]:
         return [n for n in self.formats if bool(self.position_weight[self.layout.region_indices(n)].any())]
@@ -371,7 +398,7 @@ class CanvasModule(pl.LightningModule):
 
     def _noised(self, clean: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         noise = torch.randn_like(clean)
-        noisy = self.scheduler.add_noise(clean, noise, timestep.cpu()).to(clean.dtype)
+        noisy = self.noise_process.add_noise(clean, noise, timestep)
         return self._compose(noisy, clean)
 
     def _compose(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -462,7 +489,7 @@ class CanvasModule(pl.LightningModule):
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, float]]]:
         """Noise, predict, decode: the weighted loss and ``{region: (loss, weight)}`` (no logging)."""
         b = self.validate_batch(batch)
-        timestep = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=self.device)
+        timestep = self.noise_process.training_timesteps(b, self.device)
         pred, clean = self(batch, timestep)
         weights = self.position_weights(batch)
         total, weight_sum = clean.new_zeros(()), clean.new_zeros(())
@@ -480,7 +507,7 @@ class CanvasModule(pl.LightningModule):
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         loss, regions = self.compute_loss(batch)
-        b = next(iter(batch.values())).shape[0]
+        b = self.validate_batch(batch)
         if stage == "train" and not torch.isfinite(loss):
             detail = ", ".join(f"{n}={float(v):.4g}" for n, (v, _) in regions.items())
             msg = (
@@ -513,12 +540,63 @@ class CanvasModule(pl.LightningModule):
         return trainer is not None and isinstance(trainer.strategy, DDPStrategy)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Same loss on validation data."""
+        """Same loss on validation data, and metrics of the sampled future (first batches)."""
         self._step(batch, "val")
+        if self.hparams.sample_metrics and batch_idx < self.hparams.sample_metric_batches:
+            self.update_future_metrics(batch, batch_idx)
+
+    def update_future_metrics(self, batch: Mapping[str, torch.Tensor], batch_idx: int = 0) -> None:
+        """Sample the future of ``batch`` and score it, and every baseline, per region and frame.
+
+        Sampling uses its own generator seeded by ``batch_idx`` (validation leaves the global
+        RNG, hence training, untouched, and the same batch gets the same noise every time).
+        Baselines: ``"last"`` (:func:`repeat_last_baseline`) and whatever the datamodule put
+        under ``batch["baselines"]``.
+        """
+        generator = torch.Generator().manual_seed(int(batch_idx))
+        sampled = self.sample(batch, num_inference_steps=self.hparams.sample_metric_steps, generator=generator)
+        extra = baselines_from_batch(batch)
+        for name, fmt in self.formats.items():
+            frames = self.predicted_frames(name)
+            if not bool(frames.any()):
+                continue
+            target = batch[name].to(self.device, torch.float32)
+            sources = {"sample": sampled[name], "last": repeat_last_baseline(target, frames)}
+            sources.update({b: regions[name] for b, regions in extra.items() if name in regions})
+            idx = frames.nonzero().flatten().to(self.device)
+            for source, value in sources.items():
+                if value is None:
+                    continue
+                key = f"{source}/{name}"
+                if key not in self.future_metrics:
+                    with torch.inference_mode(False):  # ordinary state tensors, updatable outside validation too
+                        metric = FutureFrameMetric(int(idx.numel()), images=fmt.kind == "patches")
+                    self.future_metrics[key] = metric.to(self.device)
+                pred = value.to(self.device, torch.float32).index_select(1, idx)
+                self.future_metrics[key].update(pred, target.index_select(1, idx))
+
+    def _log_future_metrics(self, stage: str) -> None:
+        """``{stage}/sample/{region}/{metric}`` and ``{stage}/baseline/{name}/{region}/{metric}``,
+        each the mean over the predicted frames, plus ``.../frame_{t}`` per canvas frame."""
+        for key, metric in sorted(self.future_metrics.items()):
+            if not metric.update_called:
+                continue
+            source, name = key.split("/", 1)
+            prefix = f"{stage}/sample/{name}" if source == "sample" else f"{stage}/baseline/{source}/{name}"
+            spec = self.layout.region_spec(name)
+            frames = (self.predicted_frames(name).nonzero().flatten() * spec.period + spec.bounds[0]).tolist()
+            for metric_name, values in metric.compute().items():
+                self.log(f"{prefix}/{metric_name}", values.mean(), sync_dist=False)
+                for t, value in zip(frames, values):
+                    self.log(f"{prefix}/{metric_name}/frame_{t}", value, sync_dist=False)
+            with torch.inference_mode(False):
+                metric.reset()
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Same loss on test data."""
+        """Same loss on test data, and metrics of the sampled future (first batches)."""
         self._step(batch, "test")
+        if self.hparams.sample_metrics and batch_idx < self.hparams.sample_metric_batches:
+            self.update_future_metrics(batch, batch_idx)
 
     def _log_regions(self, stage: str) -> None:
         names = {module_key(n): n for n in self.layout.regions}
@@ -532,9 +610,11 @@ class CanvasModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         self._log_regions("val")
+        self._log_future_metrics("val")
 
     def on_test_epoch_end(self) -> None:  # noqa: D102
         self._log_regions("test")
+        self._log_future_metrics("test")
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -550,20 +630,15 @@ class CanvasModule(pl.LightningModule):
         """
         b = self.validate_batch(batch)
         steps = num_inference_steps or self.hparams.num_inference_steps
-        scheduler = self._make_scheduler()
-        scheduler.set_timesteps(steps)
-        x = None
+        clean = self.encode(batch)
+        # start from pure noise at the predicted positions
+        x = self._compose(torch.randn(clean.shape, generator=generator, device="cpu").to(clean), clean)
         pred_data: dict[str, torch.Tensor] = {}
-        for t in scheduler.timesteps:
-            timestep = torch.full((b,), int(t), device=self.device)
-            if x is None:  # start from pure noise at the predicted positions
-                clean = self.encode(batch)
-                x = torch.randn(clean.shape, generator=generator, device="cpu").to(clean)
-                x = self._compose(x, clean)
+        for t, step in self.noise_process.reverse(steps):
+            timestep = torch.full((b,), t, device=self.device)
             pred_data, clean = self(batch, timestep, canvas=x)
             x0 = self.encode({**batch, **pred_data})  # the model's clean estimate, re-encoded
-            x = scheduler.step(x0, int(t), x, generator=generator).prev_sample.to(clean.dtype)
-            x = self._compose(x, clean)
+            x = self._compose(step(x0, x, generator), clean)
         # context frames are given, not predicted: return them as they came in
         for name, pred in pred_data.items():
             if name in batch:

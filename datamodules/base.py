@@ -33,11 +33,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.future_metrics import BASELINES_KEY
 from canvas_engineering.region_codecs import RegionFormat, expected_shape, parse_region_formats
 from canvas_engineering.schema import CanvasSchema
 from canvas_engineering.topology import CanvasTopology, TemporalFill
 
-__all__ = ["CanvasDataModule", "Split", "TensorDictDataset", "TopologyKind", "split_rng"]
+__all__ = ["BaselineDataset", "CanvasDataModule", "Split", "TensorDictDataset", "TopologyKind", "split_rng"]
 
 #: A dataset split.
 Split = Literal["train", "val", "test"]
@@ -86,6 +87,33 @@ class TensorDictDataset(Dataset):
         return {name: t[index] for name, t in self.tensors.items()}
 
 
+class BaselineDataset(Dataset):
+    """A split whose items also carry baseline predictions under ``"baselines"``.
+
+    Args:
+        dataset: the split (items are dicts of region tensors).
+        baselines: baseline name -> region -> a tensor, either ``(n, *sample_shape)`` (one
+            prediction per item) or ``sample_shape`` (the same for every item).
+    """
+
+    def __init__(self, dataset: Dataset, baselines: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        self.dataset = dataset
+        self.baselines = {name: dict(regions) for name, regions in baselines.items()}
+        self._len = len(dataset)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        shapes = {name: tuple(t.shape) for name, t in item.items() if torch.is_tensor(t)}
+        item[BASELINES_KEY] = {
+            name: {r: (v if tuple(v.shape) == shapes.get(r) else v[index]) for r, v in regions.items()}
+            for name, regions in self.baselines.items()
+        }
+        return item
+
+
 class CanvasDataModule(pl.LightningDataModule, ABC):
     """Base class of the canvas datamodules (see the module docstring for the contract).
 
@@ -114,6 +142,7 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
         self._datasets: dict[str, Dataset] = {}
         self._schema: CanvasSchema | None = None
         self._formats: dict[str, RegionFormat] = {}
+        self._training_means: dict[str, torch.Tensor] | None = None
 
     # -- argument validation ----------------------------------------------------------------
 
@@ -257,7 +286,38 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
                 msg = f"{type(self).__name__}: the {split!r} split is empty"
                 raise CanvasValidationError(msg)
             self.check_sample(dataset[0], f"{split} sample 0")
+            if split != "train":
+                baselines = self.baselines(split, dataset)
+                if baselines:
+                    dataset = BaselineDataset(dataset, baselines)
             self._datasets[split] = dataset
+
+    def baselines(self, split: Split, dataset: Dataset) -> dict[str, dict[str, torch.Tensor]]:
+        """Baseline predictions attached to the ``val``/``test`` items (``batch["baselines"]``).
+
+        The default is ``"mean"``: each region's per-element mean over the training split's
+        samples and frames, repeated over the region's frames (the best constant guess).
+        Subclasses that know more (hidden state of generated data) add their own.
+        """
+        return {"mean": self.training_means()}
+
+    def training_means(self) -> dict[str, torch.Tensor]:
+        """Region -> the training split's mean of one frame, repeated to one sample's shape.
+
+        Computed once from the training tensors (a :class:`TensorDictDataset`), else from the
+        first 1,024 training items.
+        """
+        if self._training_means is None:
+            train = self.dataset("train")
+            if isinstance(train, TensorDictDataset):
+                tensors = {name: train.tensors[name] for name in self.formats}
+            else:
+                items = [train[i] for i in range(min(len(train), 1024))]  # type: ignore[arg-type]
+                tensors = {name: torch.stack([item[name] for item in items]) for name in self.formats}
+            self._training_means = {
+                name: x.float().mean(dim=(0, 1), keepdim=True)[0].expand_as(x[0]).clone() for name, x in tensors.items()
+            }
+        return self._training_means
 
     def dataset(self, split: Split) -> Dataset:
         """Return the dataset of a split (built on first use)."""

@@ -24,13 +24,57 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
 
-__all__ = ["BouncingBallsDataModule", "generate_bouncing_balls"]
+__all__ = [
+    "BouncingBallsDataModule",
+    "ball_reward",
+    "constant_velocity_track",
+    "generate_bouncing_balls",
+    "reflect",
+    "render_balls",
+]
+
+
+def render_balls(track: np.ndarray, present: np.ndarray, size: int, ball_sigma: float) -> np.ndarray:
+    """Gaussian blobs at ball positions: ``track (n, T, k, 2)``, ``present (n, k)`` -> ``(n, T, size, size)`` in [0, 1]."""
+    grid = np.arange(size, dtype=np.float64)
+    gy = np.exp(-((grid - track[..., 0:1]) ** 2) / (2 * ball_sigma**2))  # (n, T, k, size), separable
+    gx = np.exp(-((grid - track[..., 1:2]) ** 2) / (2 * ball_sigma**2))
+    gy = gy * present[:, None, :, None]
+    return np.clip(np.einsum("ntky,ntkx->ntyx", gy, gx), 0.0, 1.0)
+
+
+def ball_reward(track: np.ndarray, present: np.ndarray, size: int) -> np.ndarray:
+    """``-mean_ball |p - c| / (size / 2)``: ``(n, T)`` from ``track (n, T, k, 2)``."""
+    centre = (size - 1) / 2
+    dist = np.linalg.norm(track - centre, axis=-1)  # (n, T, k)
+    return -((dist * present[:, None, :]).sum(-1) / present.sum(-1)[:, None]) / (size / 2)
+
+
+def reflect(pos: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fold coordinates into ``[lo, hi]`` as elastic walls would (a triangle wave)."""
+    span = hi - lo
+    return lo + span - np.abs(np.mod(pos - lo, 2 * span) - span)
+
+
+def constant_velocity_track(track: np.ndarray, velocity: np.ndarray, last: int, size: int) -> np.ndarray:
+    """Positions after frame ``last`` extrapolated at constant velocity (no push, no damping).
+
+    ``track``/``velocity`` are ``(n, T, k, 2)``: each ball's true position at every frame
+    and the velocity that brought it there. Frames ``<= last`` keep their true positions;
+    frame ``last + j`` holds ``p_last + j * v_last``, reflected off the walls.
+    """
+    out = track.copy()
+    steps = np.arange(track.shape[1] - last - 1, dtype=np.float64) + 1.0  # j = 1, 2, ...
+    ahead = track[:, last, None] + steps[None, :, None, None] * velocity[:, last, None]
+    out[:, last + 1 :] = reflect(ahead, 0.0, float(size - 1))
+    return out
 
 
 def generate_bouncing_balls(
@@ -45,11 +89,14 @@ def generate_bouncing_balls(
     max_push: float,
     push_noise: float,
     damping: float,
+    return_state: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``n`` samples: ``video (n, frames, 1, size, size)``, ``action (n, frames, 2)``, ``reward (n, frames, 1)``.
 
     Vectorised over samples and balls (a loop over frames only). See the module docstring
-    for the dynamics.
+    for the dynamics. With ``return_state`` the dict also holds the hidden state:
+    ``position``/``velocity`` ``(n, frames, max_balls, 2)`` (pixels, [y, x]; velocity is the
+    one that brought the ball to that frame) and ``present`` ``(n, max_balls)``.
     """
     k = max_balls
     lo, hi = 0.0, float(size - 1)  # pixel-centre coordinates of the walls
@@ -63,8 +110,10 @@ def generate_bouncing_balls(
     weights = present / present.sum(-1, keepdims=True)  # (n, k): mean over present balls
     pushes = np.empty((n, frames, 2))  # the actions, one per frame
     track = np.empty((n, frames, k, 2))
+    vtrack = np.empty((n, frames, k, 2))
     for t in range(frames):
         track[:, t] = pos
+        vtrack[:, t] = vel
         mean_pos = np.einsum("nk,nkc->nc", weights, pos)  # (n, 2)
         mean_vel = np.einsum("nk,nkc->nc", weights, vel)  # (n, 2)
         steer = 0.5 * (centre - mean_pos) / (size / 2) - 0.2 * mean_vel
@@ -75,20 +124,18 @@ def generate_bouncing_balls(
         pos = np.where(below, 2 * lo - pos, np.where(above, 2 * hi - pos, pos))
         vel = np.where(below | above, -vel, vel)
         pos = np.clip(pos, lo, hi)  # a push stronger than the box is wide
-    # Gaussian blobs, separable: (n, T, k, size) per axis, summed over balls.
-    grid = np.arange(size, dtype=np.float64)
-    gy = np.exp(-((grid - track[..., 0:1]) ** 2) / (2 * ball_sigma**2))  # (n, T, k, size)
-    gx = np.exp(-((grid - track[..., 1:2]) ** 2) / (2 * ball_sigma**2))  # (n, T, k, size)
-    gy = gy * present[:, None, :, None]
-    video = np.clip(np.einsum("ntky,ntkx->ntyx", gy, gx), 0.0, 1.0)  # (n, T, size, size)
-    dist = np.linalg.norm(track - centre, axis=-1)  # (n, T, k)
-    mean_dist = (dist * present[:, None, :]).sum(-1) / present.sum(-1)[:, None]  # (n, T)
-    reward = -mean_dist / (size / 2)
-    return {
+    video = render_balls(track, present, size, ball_sigma)
+    reward = ball_reward(track, present, size)
+    out = {
         "video": torch.from_numpy(video[:, :, None]).float(),  # (n, T, 1, size, size)
         "action": torch.from_numpy(pushes).float(),  # (n, T, 2)
         "reward": torch.from_numpy(reward[..., None]).float(),  # (n, T, 1)
     }
+    if return_state:
+        out["position"] = torch.from_numpy(track)
+        out["velocity"] = torch.from_numpy(vtrack)
+        out["present"] = torch.from_numpy(present)
+    return out
 
 
 class BouncingBallsDataModule(CanvasDataModule):
@@ -180,6 +227,7 @@ class BouncingBallsDataModule(CanvasDataModule):
         self.t_current = frames // 2 if t_current is None else t_current
         self.topology = topology
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self._state: dict[str, dict[str, torch.Tensor]] = {}
         self._init_canvas()
 
     def build_schema(self) -> CanvasSchema:
@@ -210,7 +258,7 @@ class BouncingBallsDataModule(CanvasDataModule):
         }
 
     def build_dataset(self, split: Split) -> TensorDictDataset:
-        """Generate the split (seeded by ``(seed, split)``)."""
+        """Generate the split (seeded by ``(seed, split)``); its hidden state is kept for :meth:`baselines`."""
         tensors = generate_bouncing_balls(
             split_rng(self.seed, split),
             self.sizes[split],
@@ -222,5 +270,26 @@ class BouncingBallsDataModule(CanvasDataModule):
             max_push=self.max_push,
             push_noise=self.push_noise,
             damping=self.damping,
+            return_state=True,
         )
+        self._state[split] = {k: tensors.pop(k) for k in ("position", "velocity", "present")}
         return TensorDictDataset(tensors)
+
+    def baselines(self, split: Split, dataset: Dataset) -> dict[str, dict[str, torch.Tensor]]:
+        """``"mean"`` and ``"constant_velocity"``: each ball continues from its true position and
+        velocity at the last context frame, without pushes or damping, reflected off the walls;
+        the video is rendered from those positions and the reward computed from them."""
+        out = super().baselines(split, dataset)
+        state = self._state[split]
+        last = self.t_current - 1
+        if last < 0 or last >= self.frames - 1:
+            return out
+        present = state["present"].numpy()
+        track = constant_velocity_track(state["position"].numpy(), state["velocity"].numpy(), last, self.size)
+        video = render_balls(track, present, self.size, self.ball_sigma)
+        reward = ball_reward(track, present, self.size)
+        out["constant_velocity"] = {
+            "video": torch.from_numpy(video[:, :, None]).float(),
+            "reward": torch.from_numpy(reward[..., None]).float(),
+        }
+        return out

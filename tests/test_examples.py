@@ -2,8 +2,9 @@
 
 Each example's ``main(["--quick", "--out", DIR])`` runs in this process; the tests check the
 numbers it returns are finite and its PNG figures exist. The looping benchmark runs with two
-seeds and loops 1-2 only (its numbers are meaningless at that size); its Welch test and
-parameter-efficiency interpolation are checked against reference values.
+seeds, loops 1-2 and every freeze level (its numbers are meaningless at that size); its
+confidence intervals and Welch p-values are checked against reference values, and its freeze
+levels against the parameters they must leave trainable.
 """
 
 from __future__ import annotations
@@ -123,22 +124,50 @@ def looping() -> ModuleType:
     return load("benchmarks", "looping")
 
 
-def test_welch_p_matches_reference_values(looping: ModuleType) -> None:
-    # Welch p-values (the first is scipy.stats.ttest_ind(equal_var=False) of these samples)
+def test_looping_mean_ci_is_the_student_t_interval(looping: ModuleType) -> None:
+    import statistics
+
+    from scipy.stats import t
+
+    values = [0.011, 0.013, 0.012, 0.016, 0.010]
+    mean, lo, hi = looping.mean_ci(values)
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5  # by hand
+    assert mean == pytest.approx(statistics.fmean(values))
+    assert (lo, hi) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    # [1..5]: mean 3, standard error sqrt(2.5 / 5), t(0.975, 4) = 2.7764451051977987
+    half = 2.7764451051977987 * 0.5**0.5
+    assert looping.mean_ci([1, 2, 3, 4, 5]) == pytest.approx((3.0, 3 - half, 3 + half))
+    assert looping.mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # no spread: a point interval
+    mean, lo, hi = looping.mean_ci([4.0])
+    assert mean == 4.0 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_looping_welch_p_matches_reference_values(looping: ModuleType) -> None:
+    # two-sided Welch t-test p-values (scipy.stats.ttest_ind(equal_var=False); the second also
+    # checked by integrating the t density)
     assert looping.welch_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.021311641128756727, rel=1e-6)
-    assert looping.welch_p([0.1, 0.12, 0.11, 0.13], [0.1, 0.2, 0.15]) == pytest.approx(0.348722987875, rel=1e-6)  # checked by integrating the t density
-    assert looping.welch_p([1, 1, 1], [1, 1, 1]) == 1.0
-    # the two-sided 5% point of Student's t with 4 degrees of freedom is 2.776
-    assert looping.betainc(2.0, 0.5, 4 / (4 + 2.7764451051977987**2)) == pytest.approx(0.05, rel=1e-6)
+    assert looping.welch_p([0.1, 0.12, 0.11, 0.13], [0.1, 0.2, 0.15]) == pytest.approx(0.348722987875, rel=1e-6)
+    assert looping.welch_p([1, 1, 1], [1, 1, 1]) == 1.0  # no spread anywhere: scipy says nan
+    assert looping.welch_p([1, 1, 1], [2, 2, 2]) == 0.0
+    assert math.isnan(looping.welch_p([1.0], [1.0, 2.0]))
 
 
-def test_params_to_reach_interpolates_log_linearly(looping: ModuleType) -> None:
-    curve = [(100, 1.0), (200, 0.8), (400, 0.7)]
-    params, where = looping.params_to_reach(0.9, curve)
-    assert where == "" and params == pytest.approx(100 * 2**0.5)
-    assert looping.params_to_reach(0.75, curve)[0] == pytest.approx(200 * 2**0.5)
-    assert looping.params_to_reach(1.1, curve) == (None, "below")
-    assert looping.params_to_reach(0.5, curve) == (None, "above")
+def test_looping_freeze_levels_train_the_right_parameters(looping: ModuleType) -> None:
+    """``full``: loop embeddings only; ``half``: all but the first half of the blocks (their loop embeddings train)."""
+    cfg = dict(looping.QUICK)
+    job = {"cfg": cfg, "seed": 0, "study": "freeze", "depth": 4, "max_loops": 3}
+    _, model = looping.build(job)
+    names = {n for n, _ in model.named_parameters()}
+    loop = {n for n in names if n.endswith(".loop_embeddings")}
+    assert len(loop) == 4 and all(looping.is_loop_parameter(n) for n in loop)
+    looping.apply_freeze(model, "full")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == loop
+    looping.apply_freeze(model, "half")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.blocks.0.", "backbone.blocks.1.")) for n in frozen)
+    assert {n for n in names if n.startswith(("backbone.blocks.0.block.", "backbone.blocks.1.block."))} == frozen
+    looping.apply_freeze(model, "none")
+    assert all(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.slow
@@ -146,13 +175,23 @@ def test_looping_benchmark_quick(looping: ModuleType, tmp_path: Path) -> None:
     """The whole benchmark at tiny size (numbers meaningless): every condition and seed runs and is reported."""
     out = tmp_path / "looping.json"
     result = looping.main(["--quick", "--seeds", "2", "--jobs", "1", "--out", str(out)])
-    names = {c["name"] for c in result["conditions"]}
-    assert names == {"looped-1", "looped-2", "deep-2", "thin-2"}
-    assert len(result["runs"]) == 2 * len(names)
-    assert all(finite(r["val_loss"]) for r in result["runs"])
-    thin, looped = (next(c for c in result["conditions"] if c["name"] == n) for n in ("thin-2", "looped-2"))
-    assert thin["depth"] == 2 * looped["depth"] and thin["width"] < looped["width"]
-    assert abs(thin["params"] - looped["params"]) / looped["params"] < 0.15  # matched parameter count
-    assert set(result["p"]["looped-2"]) == {"thin", "looped-1", "deep"}
+    names = {"loops-1", "loops-2", "pretrained", "freeze-full", "freeze-half", "freeze-none", "pretrained-1loop",
+             "long-1", "long-2"}
+    assert {r["condition"] for r in result["runs"]} == names
+    assert sorted(r["seed"] for r in result["runs"]) == [0] * len(names) + [1] * len(names)
+    assert all(finite(r["video_mse"], *r["metrics"].values()) for r in result["runs"])
+    for r in result["runs"]:
+        assert r["video_mse"] == r["metrics"]["val/sample/video/mse"]
+        for key in ("baseline/last/video", "baseline/mean/video", "baseline/constant_velocity/video", "sample/reward",
+                    "sample/action"):
+            assert f"val/{key}/mse" in r["metrics"]
+    long = next(r for r in result["runs"] if r["condition"] == "long-2")
+    assert {f"val/sample/video/mse/frame_{t}" for t in range(4, 12)} <= set(long["metrics"])
+    params = {r["condition"]: r["trainable_params"] for r in result["runs"] if r["seed"] == 0}
+    assert params["freeze-full"] < params["freeze-half"] < params["freeze-none"] == params["pretrained-1loop"]
+    summary = result["summary"]
+    assert math.isnan(summary["loops-1"]["p"] or math.nan) and 0.0 <= summary["loops-2"]["p"] <= 1.0
+    assert summary["loops-2"]["ci"][0] <= summary["loops-2"]["mean"] <= summary["loops-2"]["ci"][1]
+    assert set(summary["long-2"]["per_frame"]["sample"]) == set(range(4, 12))
     again = looping.main(["--from-json", str(out)])  # re-renders the saved run without training
     assert again["runs"] == result["runs"]

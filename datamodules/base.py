@@ -6,6 +6,9 @@ from the datamodule's own :attr:`~CanvasDataModule.schema` and
 
 * a batch is a dict keyed by region name; every value is a ``float32`` tensor of shape
   ``(B, *expected_shape(fmt, layout, region))`` (see :mod:`canvas_engineering.region_codecs`);
+* ``val``/``test`` batches also carry ``batch["baselines"][name][region]``: baseline predictions
+  shaped like the region's tensor (:meth:`CanvasDataModule.baselines`), which
+  :class:`~canvas_engineering.CanvasModule` scores next to its sampled future;
 * ``schema`` is built from the ``__init__`` arguments (``d_model`` among them), so it is known
   before any data is read and a CLI can link it into the model;
 * ``__init__`` takes typed arguments only (ints, floats, strs, ``Literal`` choices) so
@@ -103,6 +106,11 @@ class BaselineDataset(Dataset):
 
     def __len__(self) -> int:
         return self._len
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The wrapped split's tensors, when it is a :class:`TensorDictDataset`."""
+        return self.dataset.tensors  # type: ignore[attr-defined]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])

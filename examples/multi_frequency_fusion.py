@@ -109,6 +109,7 @@ def forecast_errors(model: Any, dm: Any, steps: int, samples: int, seed: int) ->
     count = {n: 0 for n in periods()}
     example: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for batch in dm.val_dataloader():
+        batch = {k: v for k, v in batch.items() if k != "baselines"}  # the model scores those itself
         b = next(iter(batch.values())).shape[0]
         repeated = {k: v.repeat(samples, *[1] * (v.dim() - 1)) for k, v in batch.items()}
         drawn = model.sample(repeated, num_inference_steps=steps, generator=gen)

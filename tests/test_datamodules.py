@@ -103,7 +103,11 @@ def test_every_batch_matches_expected_shape(dm: CanvasDataModule) -> None:
     batches = _all_batches(dm)
     assert batches
     for batch in batches:
+        # validation and test batches also carry baseline predictions (same shapes, per region)
+        baselines = batch.pop("baselines", {})
         assert set(batch) == set(formats)
+        for regions in baselines.values():
+            assert all(tuple(regions[r].shape) == tuple(batch[r].shape) for r in regions)
         sizes = {x.shape[0] for x in batch.values()}
         assert len(sizes) == 1 and 1 <= sizes.pop() <= dm.batch_size
         for name, fmt in formats.items():

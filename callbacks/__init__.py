@@ -5,6 +5,7 @@
 * :class:`LoopCheckpoint`: loop-only parameter files every N steps and at the end of training.
 * :class:`RNGState`: random-generator states in Lightning checkpoints, for bit-exact resumes.
 * :class:`CanvasPictures`: layout, attention mask and predictions vs targets in TensorBoard.
+* :class:`EMAWeights`: an exponential moving average of the weights (Lightning's ``WeightAveraging``).
 
 Example::
 
@@ -18,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+from canvas_engineering.callbacks.averaging import EMAWeights
 from canvas_engineering.callbacks.checkpoints import LoopCheckpoint, RNGState
 from canvas_engineering.callbacks.loops import AttentionSharpening, LoopCurriculum
 from canvas_engineering.callbacks.pictures import CanvasPictures, prediction_figure
@@ -25,6 +27,7 @@ from canvas_engineering.callbacks.pictures import CanvasPictures, prediction_fig
 __all__ = [
     "AttentionSharpening",
     "CanvasPictures",
+    "EMAWeights",
     "LoopCheckpoint",
     "LoopCurriculum",
     "RNGState",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -111,6 +112,21 @@ def schema_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str = ""
     return None if a == b else f"{path}: {a!r} vs {b!r}"
 
 
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def __init__(self, warmup: int, total: int | None) -> None:
+        self.warmup, self.total = int(warmup), total
+
+    def __call__(self, step: int) -> float:
+        """The factor at optimiser step ``step`` (0-based)."""
+        factor = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.total is None:
+            return factor
+        progress = min(1.0, max(0.0, (step - self.warmup) / max(1, self.total - self.warmup)))
+        return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class CanvasModule(pl.LightningModule):
     """A canvas diffusion model: per-region encoders/decoders around a (looped) backbone.
 
@@ -167,6 +183,8 @@ class CanvasModule(pl.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up steps.
+        lr_decay: ``"none"`` (constant after warm-up) or ``"cosine"`` (to 0 at the trainer's
+            last step, ``Trainer.estimated_stepping_batches``).
         program: a :class:`CanvasProgram`, its dict, JSON text or a JSON file path; its schema
             is the model's. Saved in the hyper-parameters (as a dict) so checkpoints reload it.
         timestep_sampling: how training noise levels are drawn: ``"uniform"`` or
@@ -196,6 +214,7 @@ class CanvasModule(pl.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
+        lr_decay: Literal["none", "cosine"] = "none",
         program: CanvasProgram | dict[str, Any] | str | None = None,
         timestep_sampling: TimestepSampling = "uniform",
         logit_mean: float = 0.0,
@@ -224,6 +243,7 @@ class CanvasModule(pl.LightningModule):
             ("num_inference_steps", num_inference_steps, isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= num_train_timesteps),
             ("lr", lr, isinstance(lr, (int, float)) and lr > 0),
             ("warmup_steps", warmup_steps, isinstance(warmup_steps, int) and warmup_steps >= 0),
+            ("lr_decay", lr_decay, lr_decay in ("none", "cosine")),
             ("sample_metrics", sample_metrics, isinstance(sample_metrics, bool)),
             ("sample_metric_batches", sample_metric_batches, isinstance(sample_metric_batches, int) and sample_metric_batches >= 0),
             (
@@ -687,10 +707,17 @@ class CanvasModule(pl.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
         )
-        if not self.hparams.warmup_steps:
-            return optimizer
         warm = self.hparams.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warm))
+        cosine = self.hparams.lr_decay == "cosine"
+        if not warm and not cosine:
+            return optimizer
+        total = None
+        if cosine:
+            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else None
+            if total is None or not math.isfinite(total) or total <= 0:
+                msg = "CanvasModule(lr_decay='cosine') needs a finite run length: set Trainer(max_steps=...) or max_epochs"
+                raise CanvasValidationError(msg)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warm, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_model(self) -> None:

@@ -22,14 +22,18 @@ so ``action[t] = a_t`` is the push applied after frame ``t`` (it shows up betwee
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 
 from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.region import RegionSpec
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
+from canvas_engineering.topology import CanvasTopology
 
 __all__ = [
     "BouncingBallsDataModule",
@@ -163,6 +167,11 @@ class BouncingBallsDataModule(CanvasDataModule):
         damping: velocity kept from one frame to the next, in [0, 1].
         t_current: first future canvas frame (``None``: ``frames // 2``).
         topology: ``"causal_temporal"`` (HOLD) or ``"dense"``.
+        action_loss_weight: loss weight of the action region (the pushes carry noise, so
+            their error dwarfs the video's unless weighted; the video has 16 positions a frame).
+        video_attention: the attention function type of the video -> video connections
+            (``"local_attention"``: each patch reads only its 3 x 3 neighbourhood, the way
+            a ball moves; any installed type works).
         n_train: training samples.
         n_val: validation samples.
         n_test: test (and predict) samples.
@@ -195,6 +204,8 @@ class BouncingBallsDataModule(CanvasDataModule):
         damping: float = 0.95,
         t_current: int | None = None,
         topology: TopologyKind = "causal_temporal",
+        video_attention: str = "cross_attention",
+        action_loss_weight: float = 1.0,
         n_train: int = 512,
         n_val: int = 64,
         n_test: int = 64,
@@ -218,6 +229,9 @@ class BouncingBallsDataModule(CanvasDataModule):
         if t_current is not None:
             self.check_int("t_current", t_current, minimum=0, maximum=frames)
         self.check_choice("topology", topology, ("causal_temporal", "dense"))
+        self.check_float("action_loss_weight", action_loss_weight, minimum=0.0, maximum=1e6)
+        if not isinstance(video_attention, str) or not video_attention:
+            self._fail("video_attention", video_attention, "must be an attention type name (canvas-engineering plugins)")
         for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             self.check_int(name, value, minimum=1)
         self.frames, self.size, self.patch_size = frames, size, patch_size
@@ -226,6 +240,8 @@ class BouncingBallsDataModule(CanvasDataModule):
         self.push_noise = float(push_noise)
         self.t_current = frames // 2 if t_current is None else t_current
         self.topology = topology
+        self.video_attention = video_attention
+        self.action_loss_weight = float(action_loss_weight)
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self._state: dict[str, dict[str, torch.Tensor]] = {}
         self._init_canvas()
@@ -241,12 +257,18 @@ class BouncingBallsDataModule(CanvasDataModule):
             d_model=self.d_model,
             regions={
                 "video": (0, t, 0, g, 0, g),
-                "action": (0, t, 0, 1, g, g + 1),
+                "action": RegionSpec((0, t, 0, 1, g, g + 1), loss_weight=self.action_loss_weight),
                 "reward": (0, t, 1, 2, g, g + 1),
             },
             t_current=self.t_current,
         )
         topology = self.topology_for(self.topology, list(layout.regions))
+        if self.video_attention != "cross_attention":  # video reads video through another attention type
+            conns = [
+                dataclasses.replace(c, fn=self.video_attention) if (c.src, c.dst) == ("video", "video") else c
+                for c in topology.connections
+            ]
+            topology = CanvasTopology(conns)
         return CanvasSchema(layout, topology, metadata={"datamodule": "bouncing_balls"})
 
     def build_region_formats(self) -> dict[str, RegionFormat]:

@@ -53,6 +53,14 @@ def test_fit_from_a_config_file_writes_scalars_pictures_and_checkpoints(tmp_path
     scalars, images = set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
     assert {"train/loss", "val/loss", "val/video/loss", "val/action/loss", "val/reward/loss", "loops/active"} <= scalars
     assert {"canvas/layout", "canvas/attention_mask", "predictions/video", "predictions/action"} <= images
+    # the sampled future and its baselines, per region and frame, in the TensorBoard event file
+    assert {"val/sample/video/mse", "val/sample/video/ssim/frame_7", "val/sample/action/mse/frame_4",
+            "val/baseline/last/video/mse/frame_4", "val/baseline/mean/reward/mse",
+            "val/baseline/constant_velocity/video/ssim/frame_6"} <= scalars
+    # the run ends with the sampled future against the baselines and where the outputs are
+    assert "Sampled future (CanvasModule.sample) against baselines" in proc.stdout
+    assert "constant_velocity" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    assert str(tmp_path / "ckpt") in proc.stdout
     assert sorted(p.name for p in (tmp_path / "loops").iterdir()) == ["loops-last.pt", "loops-step3.pt", "loops-step6.pt"]
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
     assert (tmp_path / "pictures" / "predictions_video.png").stat().st_size > 1000

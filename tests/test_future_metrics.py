@@ -110,3 +110,29 @@ def test_sample_metrics_can_be_switched_off() -> None:
                          enable_model_summary=False)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert not any("/sample/" in k or "/baseline/" in k for k in metrics)
+
+
+def test_bouncing_balls_video_attention_and_action_weight_shape_the_canvas() -> None:
+    from canvas_engineering import CanvasValidationError
+
+    dm = BouncingBallsDataModule(video_attention="local_attention", action_loss_weight=4.0)
+    fns = {(c.src, c.dst): c.fn for c in dm.schema.topology.connections}
+    assert fns[("video", "video")] == "local_attention" and fns[("action", "video")] is None
+    assert dm.schema.layout.region_spec("action").loss_weight == 4.0
+    with pytest.raises(CanvasValidationError, match="action_loss_weight"):
+        BouncingBallsDataModule(action_loss_weight=float("inf"))
+    with pytest.raises(CanvasValidationError, match="no_such_attention"):
+        BouncingBallsDataModule(video_attention="no_such_attention")
+
+
+def test_future_metrics_table_lists_sample_first_then_baselines() -> None:
+    from canvas_engineering.future_metrics import future_metrics_table
+
+    table = future_metrics_table({
+        "val/sample/video/mse/frame_4": 0.01, "val/baseline/last/video/mse/frame_4": 0.02,
+        "val/baseline/mean/video/mse/frame_4": 0.03, "val/sample/video/mse": 0.01, "train/loss": 1.0,
+    })
+    lines = table.splitlines()
+    assert lines[0] == "video mse (lower is better)" and "t=4" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["sample", "last", "mean"]
+    assert future_metrics_table({"val/loss": 0.1}) == ""

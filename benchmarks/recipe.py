@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per candidate")
     parser.add_argument("--chosen-seeds", type=int, default=3, help="seeds of the chosen recipe")
-    parser.add_argument("--steps", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=768)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (1 thread each)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument("--write-readme", action="store_true")

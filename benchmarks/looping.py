@@ -388,7 +388,7 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"({saved['jobs']} at a time, 1 thread each).",
         "",
         "Metric: **sampled-future video MSE** on the validation split (`val/sample/video/mse`: "
-        f"`CanvasModule.sample` with {RECIPE['sample_metric_steps']} denoising steps, MSE against the true frames, "
+        f"`CanvasModule.sample`, {RECIPE['sample_metric_steps']} sampling step(s), MSE against the true frames, "
         "mean over the predicted frames; lower is better), mean over seeds with its 95% t interval; the "
         "baselines (repeat the last context frame, the training mean frame, constant-velocity extrapolation "
         "of the true ball state) are scored on the same clips. Welch p-values are two-sided "

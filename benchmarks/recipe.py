@@ -81,10 +81,10 @@ def run_one(job: tuple[str, int, int, bool]) -> dict[str, Any]:
     """Train one candidate (``(name, seed, steps, quick)``) and return its validation metrics."""
     import lightning.pytorch as pl
     import torch
-
-    from canvas_engineering import CanvasModule
     from canvas_engineering.callbacks import AttentionSharpening, LoopCurriculum
     from canvas_engineering.datamodules import BouncingBallsDataModule
+
+    from canvas_engineering import CanvasModule
 
     name, seed, steps, quick = job
     torch.set_num_threads(1)
@@ -144,7 +144,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Measured with `python benchmarks/recipe.py --write-readme` on {result['machine']}: {result['steps']} "
         f"training steps, batch 16, 128 validation clips (the data is fixed; seeds {', '.join(map(str, seeds))} vary "
-        f"the model and its noise), each run on 1 thread, {result['jobs']} at a time; total {result['total'] / 60:.0f} min. "
+        f"the model and its noise), each run on 1 thread, {result['jobs']} at a time; "
+        f"total {result['total'] / 60:.0f} min. "
         "Sampled-future MSE per region is the mean over the 4 predicted frames (mean ± std over seeds); "
         "\"cells\" counts the 12 (region, frame) cells where the sample beats both `last` and `mean`.",
         "",
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = 4 if args.quick else args.steps
     names = [CHOSEN, "before"] if args.quick else (args.only or list(CANDIDATES))
     jobs = [(n, s, steps, args.quick) for n in names for s in range(1 if args.quick else args.seeds)]
-    jobs += [(CHOSEN, s, steps, args.quick) for s in range(args.seeds, args.chosen_seeds) if CHOSEN in names and not args.quick]
+    if CHOSEN in names and not args.quick:
+        jobs += [(CHOSEN, s, steps, args.quick) for s in range(args.seeds, args.chosen_seeds)]
     start = time.perf_counter()
     runs = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
             runs.append(run)
-    result = {"runs": runs, "steps": steps, "jobs": args.jobs, "machine": machine_note(), "total": time.perf_counter() - start}
+    total = time.perf_counter() - start
+    result = {"runs": runs, "steps": steps, "jobs": args.jobs, "machine": machine_note(), "total": total}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

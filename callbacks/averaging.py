@@ -28,10 +28,12 @@ class EMAWeights(WeightAveraging):
 
     Raises:
         CanvasValidationError: ``decay`` outside ``(0, 1)`` or a negative ``start_step``.
+
     """
 
     def __init__(self, decay: float = 0.995, start_step: int = 0) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or not 0 < decay < 1:
+        number = isinstance(decay, (int, float)) and not isinstance(decay, bool)
+        if not number or not math.isfinite(decay) or not 0 < decay < 1:
             msg = f"EMAWeights: decay={decay!r} must be a number in (0, 1)"
             raise CanvasValidationError(msg)
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:

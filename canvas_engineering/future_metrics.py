@@ -56,6 +56,7 @@ class FutureFrameMetric(torchmetrics.Metric):
 
     ``update(pred, target)`` takes the predicted frames only, ``(B, frames, ...)``.
     ``compute()`` returns ``{"mse": (frames,), "ssim": (frames,)}`` (SSIM only for images).
+
     """
 
     full_state_update = False
@@ -72,7 +73,10 @@ class FutureFrameMetric(torchmetrics.Metric):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted frames ``(B, frames, ...)`` against their targets."""
         if pred.shape != target.shape or pred.shape[1] != self.frames:
-            msg = f"FutureFrameMetric: prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (B, {self.frames}, ...)"
+            msg = (
+                f"FutureFrameMetric: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                f"must both be (B, {self.frames}, ...)"
+            )
             raise ValueError(msg)
         pred, target = pred.detach().float(), target.detach().float()
         b = pred.shape[0]
@@ -101,6 +105,7 @@ def repeat_last_baseline(data: torch.Tensor, predicted: torch.Tensor) -> torch.T
     Returns:
         ``(B, t, ...)`` with each predicted frame replaced by the latest earlier context
         frame, or ``None`` when the first frame is predicted (nothing to repeat).
+
     """
     predicted = predicted.to(torch.bool).cpu()
     if bool(predicted[0]):
@@ -112,7 +117,7 @@ def repeat_last_baseline(data: torch.Tensor, predicted: torch.Tensor) -> torch.T
 
 
 def baselines_from_batch(batch: Mapping[str, object]) -> dict[str, dict[str, torch.Tensor]]:
-    """The baselines a datamodule attached to ``batch`` (``{}`` when none)."""
+    """Return the baselines a datamodule attached to ``batch`` (``{}`` when none)."""
     extra = batch.get(BASELINES_KEY) if isinstance(batch, Mapping) else None
     if not isinstance(extra, Mapping):
         return {}
@@ -120,7 +125,7 @@ def baselines_from_batch(batch: Mapping[str, object]) -> dict[str, dict[str, tor
 
 
 def future_metrics_table(metrics: Mapping[str, float], stage: str = "val") -> str:
-    """A text table of the logged sampled-future metrics against the baselines.
+    """Render the logged sampled-future metrics against the baselines as a text table.
 
     One row per (region, metric, source): the value at each predicted frame and the mean;
     ``sample`` first, then the baselines. Reads keys like ``val/sample/video/mse/frame_4`` and

@@ -38,7 +38,7 @@ class CanvasCLI(LightningCLI):
 
 
 def fit_summary(trainer: pl.Trainer) -> str:
-    """The end-of-fit report: the last validation's sampled future vs baselines, and every output folder."""
+    """Report the end of a fit: the last validation's sampled future vs baselines, and every output folder."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     lines = [f"Finished at step {trainer.global_step}."]
     if "val/loss" in metrics:

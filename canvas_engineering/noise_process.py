@@ -62,6 +62,7 @@ class NoiseProcess(ABC):
         timestep_sampling: how training noise levels are drawn.
         logit_mean: mean of the normal draw for ``"logit_normal"``.
         logit_std: its standard deviation (> 0).
+
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class NoiseProcess(ABC):
 
     @abstractmethod
     def reverse(self, steps: int) -> Iterator[tuple[float, ReverseStep]]:
-        """The sampling schedule: ``(timestep, step)`` pairs, from pure noise to clean.
+        """Yield the sampling schedule: ``(timestep, step)`` pairs, from pure noise to clean.
 
         ``step(x0, x, generator)`` takes the model's clean estimate at that timestep and the
         current ``x_t`` and returns the next, less noisy, ``x``.
@@ -105,7 +106,7 @@ class ReverseStep:
         self.scheduler, self.timestep, self.to_output = scheduler, timestep, to_output
 
     def __call__(self, x0: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The next ``x`` from the clean estimate ``x0`` and the current ``x``."""
+        """Return the next ``x`` from the clean estimate ``x0`` and the current ``x``."""
         output = self.to_output(x0, x, self.timestep)
         return self.scheduler.step(output, self.timestep, x, generator=generator).prev_sample.to(x.dtype)
 
@@ -163,12 +164,17 @@ class FlowMatchingProcess(NoiseProcess):
 
 
 def make_noise_process(
-    name: str, num_train_timesteps: int, timestep_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0
+    name: str,
+    num_train_timesteps: int,
+    timestep_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
 ) -> NoiseProcess:
-    """The process for ``CanvasModule(noise_scheduler=name, ...)``.
+    """Build the process for ``CanvasModule(noise_scheduler=name, ...)``.
 
     Raises:
         CanvasValidationError: an unknown name or sampling, or ``logit_std <= 0``.
+
     """
     if timestep_sampling not in ("uniform", "logit_normal"):
         msg = f"CanvasModule.timestep_sampling={timestep_sampling!r} must be 'uniform' or 'logit_normal'"

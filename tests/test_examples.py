@@ -10,6 +10,7 @@ levels against the parameters they must leave trainable.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import sys
@@ -195,3 +196,20 @@ def test_looping_benchmark_quick(looping: ModuleType, tmp_path: Path) -> None:
     assert set(summary["long-2"]["per_frame"]["sample"]) == set(range(4, 12))
     again = looping.main(["--from-json", str(out)])  # re-renders the saved run without training
     assert again["runs"] == result["runs"]
+
+
+# -- the recipe ablation -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_recipe_ablation_quick_run_scores_samples_against_baselines(tmp_path: Path) -> None:
+    recipe = load("benchmarks", "recipe")
+    result = recipe.main(["--quick", "--jobs", "1", "--out", str(tmp_path / "recipe.json")])
+    assert {r["name"] for r in result["runs"]} == {recipe.CHOSEN, "before"}
+    for run in result["runs"]:
+        summary = recipe.summarise(run)
+        assert all(math.isfinite(summary[k]) for k in ("video", "action", "reward", "ssim"))
+        assert 0 <= summary["wins"] <= 12
+    text = recipe.render(result)
+    assert "baseline: constant_velocity" in text and recipe.CHOSEN in text
+    assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == 4

@@ -57,3 +57,33 @@ def write_readme_section(name: str, text: str) -> None:
         raise SystemExit(msg)
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     README.write_text(pattern.sub(lambda _: f"{start}\n{text.strip()}\n{end}", readme))
+
+
+def fit_and_validate(
+    model: object, dm: object, steps: int, callbacks: list | None = None
+) -> tuple[dict[str, float], float]:
+    """Train ``steps`` steps on the CPU with a fresh quiet Trainer, then validate once.
+
+    No logger, no checkpoints, no sanity check, no validation during training; a progress bar
+    only on a terminal. Returns ``(validation metrics, seconds of training)``.
+    """
+    import sys
+
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10_000,
+        enable_progress_bar=sys.stderr.isatty(),
+        callbacks=list(callbacks or []),
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    seconds = time.perf_counter() - start
+    out = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    return {k: float(v) for k, v in out.items()}, seconds

@@ -61,7 +61,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_note, write_readme_section  # noqa: E402
+from _common import fit_and_validate, machine_note, write_readme_section  # noqa: E402
 
 #: The shared CanvasModule recipe of every run (change it here).
 RECIPE: dict[str, Any] = {
@@ -175,20 +175,6 @@ def apply_freeze(model: Any, level: str) -> None:  # noqa: ANN401
 def trainable(model: Any) -> int:  # noqa: ANN401
     """Count the parameters that train."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def fit_and_validate(model: Any, dm: Any, steps: int) -> tuple[dict[str, float], float]:  # noqa: ANN401
-    """Train ``steps`` steps with a fresh Trainer, then validate: (metrics, seconds)."""
-    import lightning.pytorch as pl
-
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, check_val_every_n_epoch=10_000, enable_progress_bar=sys.stderr.isatty(),
-    )
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    out = trainer.validate(model, datamodule=dm, verbose=False)[0]
-    return {k: float(v) for k, v in out.items()}, time.perf_counter() - start
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_note, write_readme_section  # noqa: E402
+from _common import fit_and_validate, machine_note, write_readme_section  # noqa: E402
 
 BASE: dict[str, Any] = {
     "backbone": "canvas_dit",
@@ -93,22 +93,9 @@ def run_one(job: tuple[str, int, int, bool]) -> dict[str, Any]:
     sizes = {"n_train": 32, "n_val": 16, "batch_size": 8, "d_model": 32} if quick else {"n_val": 128, "batch_size": 16}
     dm = BouncingBallsDataModule(**sizes, **data)  # the data is fixed (seed 0); the seed varies the model
     model = CanvasModule(dm.schema, dm.region_formats, **{**BASE, **options, "sample_metric_batches": 1_000})
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=10_000,
-        callbacks=[LoopCurriculum(), AttentionSharpening(beta_min=1.0, beta_max=2.0)],
-    )
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    wall = time.perf_counter() - start
-    metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
-    return {"name": name, "seed": seed, "wall": wall, "metrics": {k: float(v) for k, v in metrics.items()}}
+    callbacks = [LoopCurriculum(), AttentionSharpening(beta_min=1.0, beta_max=2.0)]
+    metrics, wall = fit_and_validate(model, dm, steps, callbacks)
+    return {"name": name, "seed": seed, "wall": wall, "metrics": metrics}
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:

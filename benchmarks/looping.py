@@ -448,7 +448,9 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         ]
     lines += [
         "",
-        f"`python benchmarks/looping.py --seeds {saved['seeds']} --jobs {saved['jobs']} --write-readme`; every run's "
+        f"`python benchmarks/looping.py --seeds {saved['seeds']} --jobs {saved['jobs']} --steps {cfg['steps']} "
+        f"--studies {','.join(saved.get('studies', STUDIES))} --loops {','.join(map(str, cfg['loops']))} "
+        f"--long-loops {','.join(map(str, cfg['long_loops']))} --write-readme`; every run's "
         f"numbers in `{saved.get('out', 'runs/benchmarks/looping.json')}`.",
     ]
     return "\n".join(lines), stat

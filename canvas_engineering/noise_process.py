@@ -21,6 +21,7 @@ than denoise).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Literal
@@ -173,14 +174,22 @@ def make_noise_process(
     """Build the process for ``CanvasModule(noise_scheduler=name, ...)``.
 
     Raises:
-        CanvasValidationError: an unknown name or sampling, or ``logit_std <= 0``.
+        CanvasValidationError: an unknown name or sampling, a non-finite ``logit_mean`` or
+            ``logit_std``, or ``logit_std <= 0``.
 
     """
     if timestep_sampling not in ("uniform", "logit_normal"):
         msg = f"CanvasModule.timestep_sampling={timestep_sampling!r} must be 'uniform' or 'logit_normal'"
         raise CanvasValidationError(msg)
-    if not (isinstance(logit_std, (int, float)) and logit_std > 0) or not isinstance(logit_mean, (int, float)):
-        msg = f"CanvasModule: logit_mean={logit_mean!r} must be a number and logit_std={logit_std!r} a number > 0"
+    def finite(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    # a NaN or infinite draw would make every training timestep NaN
+    if not (finite(logit_mean) and finite(logit_std) and logit_std > 0):
+        msg = (
+            f"CanvasModule: logit_mean={logit_mean!r} must be a finite number and "
+            f"logit_std={logit_std!r} a finite number > 0"
+        )
         raise CanvasValidationError(msg)
     sampling = {"timestep_sampling": timestep_sampling, "logit_mean": logit_mean, "logit_std": logit_std}
     if name in ("ddpm", "ddim"):

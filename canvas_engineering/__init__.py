@@ -7,6 +7,7 @@ Declare a :class:`CanvasLayout` (a (T, H, W) grid split into named regions) and 
 
 from __future__ import annotations
 
+from canvas_engineering._version import __version__
 from canvas_engineering.action_head import ActionHead
 from canvas_engineering.attention_mask import AttentionMask
 from canvas_engineering.attention_type import AttentionType, QKVAttentionType
@@ -25,6 +26,7 @@ from canvas_engineering.cogvideox import (
 from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
 from canvas_engineering.dit import CanvasBlock, CanvasDiT
 from canvas_engineering.errors import (
+    CanvasError,
     CanvasValidationError,
     ConnectionValidationError,
     LayoutValidationError,
@@ -74,7 +76,6 @@ from canvas_engineering.typed import (
     compile_schema,
 )
 
-__version__ = "0.1.0"
 
 # The training layer needs the `train` extra (lightning, torchmetrics, diffusers): import it
 # on first use so the declarative core stays light.
@@ -117,6 +118,7 @@ __all__ = [
     "CanvasProgram",
     "CanvasSchema",
     "CanvasTopology",
+    "CanvasError",
     "CanvasValidationError",
     "Clock",
     "Connection",

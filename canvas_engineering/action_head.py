@@ -11,17 +11,11 @@ import torch
 from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_choice, check_positive_int
 
 __all__ = ["ActionHead"]
 
 POOLS = ("mean", "none")
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        msg = f"ActionHead: {name}={value!r} must be an integer >= {minimum}"
-        raise CanvasValidationError(msg)
-    return value
 
 
 class ActionHead(nn.Module):
@@ -64,13 +58,11 @@ class ActionHead(nn.Module):
         pool: Literal["mean", "none"] = "mean",
     ) -> None:
         super().__init__()
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
-        self.action_dim = _check_positive_int("action_dim", action_dim)
-        self.hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
-        self.n_layers = _check_positive_int("n_layers", n_layers)
-        if pool not in POOLS:
-            msg = f"ActionHead: pool={pool!r} must be one of {', '.join(map(repr, POOLS))}"
-            raise CanvasValidationError(msg)
+        self.latent_dim = check_positive_int(latent_dim, "ActionHead: latent_dim")
+        self.action_dim = check_positive_int(action_dim, "ActionHead: action_dim")
+        self.hidden_dim = check_positive_int(hidden_dim, "ActionHead: hidden_dim")
+        self.n_layers = check_positive_int(n_layers, "ActionHead: n_layers")
+        check_choice(pool, "ActionHead: pool", POOLS)
         self.pool = pool
         widths = [latent_dim] + [hidden_dim] * (n_layers - 1) + [action_dim]
         layers: list[nn.Module] = []

@@ -1,40 +1,63 @@
 """Exceptions raised by canvas-engineering.
 
-Every class subclasses a builtin so callers can catch ``ValueError`` / ``KeyError``
-without importing this module. Messages name the culprit (region, connection, key or
-file), the rule that was broken and the offending value.
+Every exception the library raises derives from :class:`CanvasError`, so
+``except CanvasError`` catches them all. Every class also subclasses the builtin that
+describes its fault, so callers can catch ``ValueError`` / ``KeyError`` /
+``RuntimeError`` / ``ImportError`` without importing this module. Messages name the
+culprit (region, connection, field, key or file), the rule that was broken and the
+offending value.
+
+Sections are delimited by ``# ==`` banners; each layer that owns errors keeps its classes
+in its own section.
 """
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "CanvasError",
     "CanvasValidationError",
     "ConnectionValidationError",
+    "FieldValidationError",
     "LayoutValidationError",
     "LoopCheckpointError",
+    "MissingDependencyError",
+    "PackingError",
     "RegionValidationError",
     "SchemaValidationError",
+    "TypedSchemaError",
     "UnknownAttentionTypeError",
     "UnknownRegionError",
+    "VideoFolderError",
 ]
 
 
-class CanvasValidationError(ValueError):
-    """Base class: a canvas declaration breaks a rule."""
+# ==================================================================================
+# root
+# ==================================================================================
 
 
-class LoopCheckpointError(CanvasValidationError):
-    """A loop checkpoint is unreadable, not a loop checkpoint, or does not fit the model.
+class CanvasError(Exception):
+    """Root of every exception canvas-engineering raises.
 
-    Attributes:
-        path: the checkpoint file.
-        parameter: the first offending parameter name, when there is one.
+    Never raised itself: each subclass also derives from the builtin matching its fault
+    (``ValueError`` for invalid declarations and arguments, ``KeyError`` for unknown
+    names, ``ImportError`` for a missing optional dependency, ...).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, parameter: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.parameter = parameter
+
+class MissingDependencyError(CanvasError, ImportError):
+    """An optional dependency (an extra such as ``[data]`` or ``[viz]``) is not installed."""
+
+
+# ==================================================================================
+# declarations (region, layout, topology, schema, attention types)
+# ==================================================================================
+
+
+class CanvasValidationError(CanvasError, ValueError):
+    """Base class: a canvas declaration or an argument breaks a rule."""
 
 
 class RegionValidationError(CanvasValidationError):
@@ -66,3 +89,81 @@ class UnknownRegionError(CanvasValidationError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+# ==================================================================================
+# typed canvases (typed.py, packing.py)
+# ==================================================================================
+
+
+class TypedSchemaError(CanvasValidationError):
+    """A typed object cannot be compiled (no fields, a class that needs arguments, a bad option, ...)."""
+
+
+class FieldValidationError(TypedSchemaError, RegionValidationError):
+    """A :class:`~canvas_engineering.typed.Field` option breaks its rule.
+
+    Attributes:
+        path: dotted path of the field (``"arm.joints"``).
+
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PackingError(TypedSchemaError, LayoutValidationError):
+    """Fields do not fit on the requested grid.
+
+    Attributes:
+        unplaced: paths of the fields that do not fit, in declaration order.
+
+    """
+
+    def __init__(self, message: str, *, unplaced: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.unplaced = unplaced
+
+
+# ==================================================================================
+# models (loop_checkpoint.py)
+# ==================================================================================
+
+
+class LoopCheckpointError(CanvasValidationError):
+    """A loop checkpoint is unreadable, not a loop checkpoint, or does not fit the model.
+
+    Attributes:
+        path: the checkpoint file.
+        parameter: the first offending parameter name, when there is one.
+
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.parameter = parameter
+
+
+# ==================================================================================
+# data (datamodules)
+# ==================================================================================
+
+
+class VideoFolderError(CanvasValidationError):
+    """The folder or one of its videos cannot be used.
+
+    Attributes:
+        path: the folder or the offending file.
+
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+
+# ==================================================================================
+# training (module.py, program.py, plugin host): moved here by their owners
+# ==================================================================================

@@ -11,12 +11,9 @@ import torch
 
 from canvas_engineering.errors import LayoutValidationError, RegionValidationError, UnknownRegionError
 from canvas_engineering.region import RegionSpec
+from canvas_engineering.validation import check_int, check_name, check_positive_int
 
 __all__ = ["CanvasLayout"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _fmt(bounds: Sequence[int]) -> str:
@@ -61,18 +58,13 @@ class CanvasLayout:
 
     def __post_init__(self) -> None:
         for name in ("T", "H", "W", "d_model"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                msg = f"CanvasLayout.{name}={value!r} must be an integer >= 1"
-                raise LayoutValidationError(msg)
+            check_positive_int(getattr(self, name), f"CanvasLayout.{name}", error=LayoutValidationError)
         if not isinstance(self.regions, Mapping):
             msg = f"CanvasLayout.regions must be a mapping of name -> RegionSpec or bounds, got {type(self.regions).__name__}"
             raise LayoutValidationError(msg)
         specs: dict[str, RegionSpec] = {}
         for name, value in self.regions.items():
-            if not isinstance(name, str) or not name:
-                msg = f"region name {name!r} must be a non-empty string"
-                raise RegionValidationError(msg)
+            check_name(name, "region name", error=RegionValidationError, sep=" ")
             try:
                 spec = RegionSpec.coerce(value)
             except RegionValidationError as err:
@@ -82,9 +74,14 @@ class CanvasLayout:
             specs[name] = spec
         object.__setattr__(self, "regions", specs)
         self._check_overlaps()
-        if not _is_int(self.t_current) or not 0 <= self.t_current <= self.T:
-            msg = f"CanvasLayout.t_current={self.t_current!r} must be an integer in [0, T={self.T}]"
-            raise LayoutValidationError(msg)
+        check_int(
+            self.t_current,
+            "CanvasLayout.t_current",
+            error=LayoutValidationError,
+            minimum=0,
+            maximum=self.T,
+            rule=f"an integer in [0, T={self.T}]",
+        )
 
     def _key(self) -> tuple:
         # Region order is part of identity: it fixes region ids (and so class ids).
@@ -230,9 +227,14 @@ class CanvasLayout:
             LayoutValidationError: if ``canvas_t`` is not one of the region's frames.
         """
         spec = self.region_spec(name)
-        if not _is_int(canvas_t) or not 0 <= canvas_t < spec.num_frames:
-            msg = f"region {name!r}: canvas_t={canvas_t!r} must be an integer in [0, {spec.num_frames})"
-            raise LayoutValidationError(msg)
+        check_int(
+            canvas_t,
+            f"region {name!r}: canvas_t",
+            error=LayoutValidationError,
+            minimum=0,
+            maximum=spec.num_frames - 1,
+            rule=f"an integer in [0, {spec.num_frames})",
+        )
         return spec.bounds[0] + canvas_t * spec.period
 
     def canvas_frame(self, name: str, real_t: int) -> int | None:

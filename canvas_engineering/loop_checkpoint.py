@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from canvas_engineering._atomic import atomic_write_bytes
+from canvas_engineering._version import __version__
 from canvas_engineering.errors import LoopCheckpointError
 from canvas_engineering.looped import LoopedBlockWrapper
 
@@ -105,8 +106,6 @@ def save_loop_checkpoint(
     Raises:
         LoopCheckpointError: ``extra_config`` holds a value ``weights_only`` loading refuses.
     """
-    from canvas_engineering import __version__
-
     extra = dict(extra_config or {})
     _check_plain(extra, "extra_config")
     blocks = _loop_blocks(model)

@@ -9,15 +9,12 @@ from typing import Any
 
 from canvas_engineering.attention_types import check_attention_type
 from canvas_engineering.errors import RegionValidationError
+from canvas_engineering.validation import check_bool, check_finite_float, check_positive_int, is_int
 
 __all__ = ["Bounds", "RegionSpec", "validate_embedding"]
 
 #: ``(t0, t1, h0, h1, w0, w1)``: half-open extent on the (T, H, W) grid.
 Bounds = tuple[int, int, int, int, int, int]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class RegionSpec:
 
     def __post_init__(self) -> None:
         bounds = self.bounds
-        if not isinstance(bounds, Sequence) or len(bounds) != 6 or not all(_is_int(b) for b in bounds):
+        if not isinstance(bounds, Sequence) or len(bounds) != 6 or not all(is_int(b) for b in bounds):
             msg = f"bounds {bounds!r} must be six integers (t0, t1, h0, h1, w0, w1)"
             raise RegionValidationError(msg)
         object.__setattr__(self, "bounds", tuple(int(b) for b in bounds))
@@ -63,17 +60,10 @@ class RegionSpec:
             if hi <= lo:
                 msg = f"bounds {_fmt(self.bounds)}: {axis}1={hi} must be greater than {axis}0={lo} (empty or reversed extent)"
                 raise RegionValidationError(msg)
-        if not _is_int(self.period) or self.period < 1:
-            msg = f"period {self.period!r} must be an integer >= 1"
-            raise RegionValidationError(msg)
-        if not isinstance(self.is_output, bool):
-            msg = f"is_output {self.is_output!r} must be a bool"
-            raise RegionValidationError(msg)
-        weight = self.loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            msg = f"loss_weight {weight!r} must be a finite number >= 0"
-            raise RegionValidationError(msg)
-        object.__setattr__(self, "loss_weight", float(weight))
+        check_positive_int(self.period, "period", error=RegionValidationError, sep=" ")
+        check_bool(self.is_output, "is_output", error=RegionValidationError, sep=" ")
+        weight = check_finite_float(self.loss_weight, "loss_weight", error=RegionValidationError, minimum=0, sep=" ")
+        object.__setattr__(self, "loss_weight", weight)
         if self.semantic_embedding is not None:
             object.__setattr__(self, "semantic_embedding", validate_embedding(self.semantic_embedding))
         if self.default_attn is not None:

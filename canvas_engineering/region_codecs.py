@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_choice, is_int
 from canvas_engineering.layout import CanvasLayout
 
 __all__ = ["RegionDecoder", "RegionEncoder", "RegionFormat", "expected_shape", "parse_region_formats"]
@@ -43,14 +44,15 @@ class RegionFormat:
     dim: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("patches", "vector", "action"):
-            msg = f"region format kind {self.kind!r} must be 'patches', 'vector' or 'action'"
+        check_choice(self.kind, "region format kind", ("patches", "vector", "action"), sep=" ")
+        if self.kind == "patches" and not all(is_int(n) and n >= 1 for n in (self.channels, self.patch_size)):
+            msg = (
+                f"a 'patches' region needs integer channels >= 1 and patch_size >= 1, "
+                f"got {self.channels!r}, {self.patch_size!r}"
+            )
             raise CanvasValidationError(msg)
-        if self.kind == "patches" and (self.channels < 1 or self.patch_size < 1):
-            msg = f"a 'patches' region needs channels >= 1 and patch_size >= 1, got {self.channels}, {self.patch_size}"
-            raise CanvasValidationError(msg)
-        if self.kind != "patches" and self.dim < 1:
-            msg = f"a {self.kind!r} region needs dim >= 1, got {self.dim}"
+        if self.kind != "patches" and not (is_int(self.dim) and self.dim >= 1):
+            msg = f"a {self.kind!r} region needs an integer dim >= 1, got {self.dim!r}"
             raise CanvasValidationError(msg)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,25 +17,18 @@ import math
 from collections.abc import Iterable
 from typing import Any, Literal, get_args
 
+from canvas_engineering.validation import (
+    check_choice,
+    check_finite_float,
+    check_int,
+    check_non_negative_int,
+    check_positive_int,
+)
+
 __all__ = ["CurriculumScheduler", "SharpeningSchedule", "SharpeningShape"]
 
 #: interpolation of :class:`SharpeningSchedule` between ``beta_min`` and ``beta_max``
 SharpeningShape = Literal["linear", "exponential", "cosine"]
-
-
-def _int_at_least(owner: str, name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        msg = f"{owner}: {name}={value!r} must be an integer >= {low}"
-        raise ValueError(msg)
-    return value
-
-
-def _positive_float(owner: str, name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        msg = f"{owner}: {name}={value!r} must be a finite number > 0"
-        raise ValueError(msg)
-    return float(value)
 
 
 class CurriculumScheduler:
@@ -55,7 +48,7 @@ class CurriculumScheduler:
             in ``[0, 1)``.
 
     Raises:
-        ValueError: an argument is out of range (the message names it and its value).
+        CanvasValidationError: an argument is out of range (the message names it and its value).
 
     Example::
 
@@ -68,13 +61,16 @@ class CurriculumScheduler:
     """
 
     def __init__(self, max_loops: int = 3, total_steps: int = 5000, warmup_fraction: float = 0.0) -> None:
-        self.max_loops = _int_at_least("CurriculumScheduler", "max_loops", max_loops, 1)
-        self.total_steps = _int_at_least("CurriculumScheduler", "total_steps", total_steps, 1)
-        ok = isinstance(warmup_fraction, (int, float)) and not isinstance(warmup_fraction, bool)
-        if not ok or not 0.0 <= warmup_fraction < 1.0:
-            msg = f"CurriculumScheduler: warmup_fraction={warmup_fraction!r} must be a number in [0, 1)"
-            raise ValueError(msg)
-        self.warmup_fraction = float(warmup_fraction)
+        self.max_loops = check_positive_int(max_loops, "CurriculumScheduler: max_loops")
+        self.total_steps = check_positive_int(total_steps, "CurriculumScheduler: total_steps")
+        self.warmup_fraction = check_finite_float(
+            warmup_fraction,
+            "CurriculumScheduler: warmup_fraction",
+            minimum=0,
+            maximum=1,
+            open_max=True,
+            rule="a number in [0, 1)",
+        )
 
     @property
     def warmup_steps(self) -> int:
@@ -85,10 +81,10 @@ class CurriculumScheduler:
         """Active loops at training step ``step`` (0-based; steps past ``total_steps`` run ``max_loops``).
 
         Raises:
-            ValueError: ``step`` is not an integer >= 0.
+            CanvasValidationError: ``step`` is not an integer >= 0.
 
         """
-        step = _int_at_least("CurriculumScheduler.get_loops", "step", step, 0)
+        step = check_non_negative_int(step, "CurriculumScheduler.get_loops: step")
         warmup = self.warmup_steps
         if step < warmup:
             return 1
@@ -154,7 +150,7 @@ class SharpeningSchedule:
         warmup_steps: training steps over which :meth:`betas_at` ramps from 1.0 (>= 0).
 
     Raises:
-        ValueError: an argument is out of range (the message names it and its value).
+        CanvasValidationError: an argument is out of range (the message names it and its value).
 
     Example::
 
@@ -176,27 +172,28 @@ class SharpeningSchedule:
         schedule: SharpeningShape = "linear",
         warmup_steps: int = 0,
     ) -> None:
-        self.max_loops = _int_at_least("SharpeningSchedule", "max_loops", max_loops, 1)
-        self.beta_min = _positive_float("SharpeningSchedule", "beta_min", beta_min)
-        self.beta_max = _positive_float("SharpeningSchedule", "beta_max", beta_max)
-        if schedule not in get_args(SharpeningShape):
-            msg = f"SharpeningSchedule: schedule={schedule!r} must be one of {', '.join(get_args(SharpeningShape))}"
-            raise ValueError(msg)
-        self.schedule: SharpeningShape = schedule
-        self.warmup_steps = _int_at_least("SharpeningSchedule", "warmup_steps", warmup_steps, 0)
+        self.max_loops = check_positive_int(max_loops, "SharpeningSchedule: max_loops")
+        self.beta_min = check_finite_float(beta_min, "SharpeningSchedule: beta_min", minimum=0, open_min=True)
+        self.beta_max = check_finite_float(beta_max, "SharpeningSchedule: beta_max", minimum=0, open_min=True)
+        self.schedule: SharpeningShape = check_choice(
+            schedule, "SharpeningSchedule: schedule", get_args(SharpeningShape)
+        )
+        self.warmup_steps = check_non_negative_int(warmup_steps, "SharpeningSchedule: warmup_steps")
 
     def beta(self, loop_idx: int) -> float:
         """Beta of loop ``loop_idx`` (0-based).
 
         Raises:
-            ValueError: ``loop_idx`` is not an integer in ``[0, max_loops)``.
+            CanvasValidationError: ``loop_idx`` is not an integer in ``[0, max_loops)``.
 
         """
-        if not isinstance(loop_idx, int) or isinstance(loop_idx, bool) or not 0 <= loop_idx < self.max_loops:
-            msg = (
-                f"SharpeningSchedule.beta: loop_idx={loop_idx!r} must be an integer in [0, max_loops={self.max_loops})"
-            )
-            raise ValueError(msg)
+        check_int(
+            loop_idx,
+            "SharpeningSchedule.beta: loop_idx",
+            minimum=0,
+            maximum=self.max_loops - 1,
+            rule=f"an integer in [0, max_loops={self.max_loops})",
+        )
         if self.max_loops == 1:
             return self.beta_min
         t = loop_idx / (self.max_loops - 1)  # 0 at loop 0, 1 at the last loop
@@ -215,7 +212,7 @@ class SharpeningSchedule:
 
     def warmup_progress(self, step: int) -> float:
         """Share of the warm-up done at ``step``: ``min(1, step / warmup_steps)`` (1.0 without warm-up)."""
-        step = _int_at_least("SharpeningSchedule.warmup_progress", "step", step, 0)
+        step = check_non_negative_int(step, "SharpeningSchedule.warmup_progress: step")
         if self.warmup_steps == 0:
             return 1.0
         return min(1.0, step / self.warmup_steps)

@@ -23,7 +23,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -31,10 +31,10 @@ from torch import nn
 from canvas_engineering.errors import CanvasValidationError, RegionValidationError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region import validate_embedding
+from canvas_engineering.validation import check_positive_int
 
 if TYPE_CHECKING:
     from canvas_engineering.schema import CanvasSchema
-    from canvas_engineering.typed import BoundSchema
 
 __all__ = [
     "EmbedFn",
@@ -48,8 +48,16 @@ __all__ = [
 EmbedFn = Callable[[str], Sequence[float] | torch.Tensor]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class HasLayout(Protocol):
+    """Anything carrying a ``layout`` (a ``CanvasSchema``, a typed ``BoundSchema``, ...).
+
+    A protocol, so this module needs no import of :mod:`canvas_engineering.typed` (which imports it).
+    """
+
+    @property
+    def layout(self) -> CanvasLayout:
+        """The canvas layout."""
+        ...
 
 
 def auto_semantic_type(path: str) -> str:
@@ -85,9 +93,7 @@ def hashing_embed(text: str, dim: int = 64) -> tuple[float, ...]:
     if not isinstance(text, str):
         msg = f"hashing_embed: text must be a string, got {type(text).__name__}"
         raise CanvasValidationError(msg)
-    if not _is_int(dim) or dim < 1:
-        msg = f"hashing_embed: dim={dim!r} must be an integer >= 1"
-        raise CanvasValidationError(msg)
+    check_positive_int(dim, "hashing_embed: dim")
     padded = "  " + " ".join(text.lower().split()) + " "
     signed = [0.0] * dim
     counts = [0.0] * dim
@@ -188,7 +194,7 @@ class SemanticConditioner(nn.Module):
 
     def __init__(
         self,
-        layout: CanvasLayout | CanvasSchema | BoundSchema,
+        layout: CanvasLayout | CanvasSchema | HasLayout,
         d_model: int | None = None,
         embed_dim: int | None = None,
         projection: nn.Linear | None = None,
@@ -196,9 +202,7 @@ class SemanticConditioner(nn.Module):
         super().__init__()
         layout = _layout_of(layout)
         d_model = layout.d_model if d_model is None else d_model
-        if not _is_int(d_model) or d_model < 1:
-            msg = f"SemanticConditioner: d_model={d_model!r} must be an integer >= 1"
-            raise CanvasValidationError(msg)
+        check_positive_int(d_model, "SemanticConditioner: d_model")
         embedded = {n: s.semantic_embedding for n, s in layout.regions.items() if s.semantic_embedding is not None}
         if embed_dim is None:
             if not embedded:
@@ -208,9 +212,7 @@ class SemanticConditioner(nn.Module):
                 )
                 raise CanvasValidationError(msg)
             embed_dim = len(next(iter(embedded.values())))
-        if not _is_int(embed_dim) or embed_dim < 1:
-            msg = f"SemanticConditioner: embed_dim={embed_dim!r} must be an integer >= 1"
-            raise CanvasValidationError(msg)
+        check_positive_int(embed_dim, "SemanticConditioner: embed_dim")
         for name, vec in embedded.items():
             if len(vec) != embed_dim:
                 msg = (

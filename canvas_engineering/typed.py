@@ -40,7 +40,7 @@ Connections leave ``fn`` unset, so each uses its source field's ``attn``.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,10 +51,10 @@ import torch
 
 from canvas_engineering.attention_types import DEFAULT_ATTENTION, check_attention_type
 from canvas_engineering.canvas import SpatiotemporalCanvas
-from canvas_engineering.errors import (
-    CanvasValidationError,
-    LayoutValidationError,
-    RegionValidationError,
+from canvas_engineering.errors import (  # the typed errors live there; re-exported here
+    FieldValidationError,
+    PackingError,
+    TypedSchemaError,
     UnknownRegionError,
 )
 from canvas_engineering.layout import CanvasLayout
@@ -75,6 +75,13 @@ from canvas_engineering.region import RegionSpec
 from canvas_engineering.schema import CanvasSchema
 from canvas_engineering.semantic import EmbedFn, auto_semantic_type, compute_semantic_embeddings
 from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.validation import (
+    check_bool,
+    check_choice,
+    check_finite_float,
+    check_int,
+    check_positive_int,
+)
 
 __all__ = [
     "CONNECTIVITY_POLICIES",
@@ -95,42 +102,7 @@ Family = Literal["observation", "state", "memory", "residual", "action"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 
-# -- errors (subclass the library's errors so ``except RegionValidationError`` still works) --
-
-
-class TypedSchemaError(CanvasValidationError):
-    """A typed object cannot be compiled (no fields, a class that needs arguments, a bad option, ...)."""
-
-
-class FieldValidationError(TypedSchemaError, RegionValidationError):
-    """A :class:`Field` option breaks its rule.
-
-    Attributes:
-        path: dotted path of the field (``"arm.joints"``).
-    """
-
-    def __init__(self, message: str, *, path: str) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class PackingError(TypedSchemaError, LayoutValidationError):
-    """Fields do not fit on the requested grid.
-
-    Attributes:
-        unplaced: paths of the fields that do not fit, in declaration order.
-    """
-
-    def __init__(self, message: str, *, unplaced: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.unplaced = unplaced
-
-
 # -- Field --------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -186,24 +158,16 @@ class Field:
             FieldValidationError: naming ``path``, the option, its value and the rule.
             UnknownAttentionTypeError: ``attn`` is not a known attention type (names ``path``).
         """
+        error = functools.partial(FieldValidationError, path=path)
+        where = f"field {path!r}: "
         for name in ("h", "w", "period"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                msg = f"field {path!r}: {name}={value!r} must be an integer >= 1"
-                raise FieldValidationError(msg, path=path)
-        if not isinstance(self.is_output, bool):
-            msg = f"field {path!r}: is_output={self.is_output!r} must be a bool"
-            raise FieldValidationError(msg, path=path)
-        weight = self.loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            msg = f"field {path!r}: loss_weight={weight!r} must be a finite number >= 0"
-            raise FieldValidationError(msg, path=path)
+            check_positive_int(getattr(self, name), where + name, error=error)
+        check_bool(self.is_output, where + "is_output", error=error)
+        check_finite_float(self.loss_weight, where + "loss_weight", error=error, minimum=0)
         if self.semantic_type is not None and (not isinstance(self.semantic_type, str) or not self.semantic_type):
-            msg = f"field {path!r}: semantic_type={self.semantic_type!r} must be a non-empty string or None"
+            msg = f"{where}semantic_type={self.semantic_type!r} must be a non-empty string or None"
             raise FieldValidationError(msg, path=path)
-        if self.family is not None and self.family not in FAMILIES:
-            msg = f"field {path!r}: family={self.family!r} must be one of {', '.join(FAMILIES)} or None"
-            raise FieldValidationError(msg, path=path)
+        check_choice(self.family, where + "family", (*FAMILIES, None), error=error)
         check_attention_type(self.attn, f"field {path!r}: attn")
 
 
@@ -452,18 +416,22 @@ def compile_schema(
         TypedSchemaError: no Field found, a class that needs arguments, or an unknown
             policy / strategy name.
     """
-    for name, value, optional in (("T", T, False), ("H", H, True), ("W", W, True), ("d_model", d_model, False)):
-        if not (optional and value is None) and (not _is_int(value) or value < 1):
-            hint = " or None (auto-size)" if optional else ""
-            msg = f"compile_schema: {name}={value!r} must be an integer >= 1{hint}"
-            raise TypedSchemaError(msg)
+    for name, value in (("T", T), ("d_model", d_model)):
+        check_positive_int(value, f"compile_schema: {name}", error=TypedSchemaError)
+    for name, value in (("H", H), ("W", W)):
+        if value is not None:
+            check_int(
+                value,
+                f"compile_schema: {name}",
+                error=TypedSchemaError,
+                minimum=1,
+                rule="an integer >= 1 or None (auto-size)",
+            )
     if not isinstance(connectivity, CanvasTopology) and connectivity not in CONNECTIVITY_POLICIES:
         choices = ", ".join(CONNECTIVITY_POLICIES)
         msg = f"compile_schema: connectivity={connectivity!r} must be a CanvasTopology or one of {choices}"
         raise TypedSchemaError(msg)
-    if layout_strategy not in LAYOUT_STRATEGIES:
-        msg = f"compile_schema: layout_strategy={layout_strategy!r} must be one of {', '.join(LAYOUT_STRATEGIES)}"
-        raise TypedSchemaError(msg)
+    check_choice(layout_strategy, "compile_schema: layout_strategy", LAYOUT_STRATEGIES, error=TypedSchemaError)
     if metadata is not None and (not isinstance(metadata, Mapping) or "typed" in metadata):
         msg = "compile_schema: metadata must be a mapping without the reserved key 'typed'"
         raise TypedSchemaError(msg)

@@ -24,7 +24,7 @@ from canvas_engineering.datamodules.base import CanvasDataModule, Split, Topolog
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import Dataset
 
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import VideoFolderError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
@@ -33,18 +33,6 @@ __all__ = ["VIDEO_EXTENSIONS", "VideoClipDataset", "VideoFolderDataModule", "Vid
 
 #: file name endings read as videos (case-insensitive)
 VIDEO_EXTENSIONS: tuple[str, ...] = (".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm")
-
-
-class VideoFolderError(CanvasValidationError):
-    """The folder or one of its videos cannot be used.
-
-    Attributes:
-        path: the folder or the offending file.
-    """
-
-    def __init__(self, message: str, path: str | Path) -> None:
-        super().__init__(message)
-        self.path = str(path)
 
 
 def _av():  # noqa: ANN202

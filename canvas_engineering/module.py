@@ -12,7 +12,7 @@ import torchmetrics
 from torch import nn
 
 from canvas_engineering.canvas import SpatiotemporalCanvas
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import BatchValidationError, CanvasValidationError, NonFiniteLossError
 from canvas_engineering.future_metrics import FutureFrameMetric, baselines_from_batch, repeat_last_baseline
 from canvas_engineering.noise_process import NoiseProcess, NoiseSchedulerName, TimestepSampling, make_noise_process
 from canvas_engineering.program import CanvasProgram
@@ -26,14 +26,6 @@ from canvas_engineering.region_codecs import (
 from canvas_engineering.schema import CanvasSchema
 
 __all__ = ["BatchValidationError", "CanvasModule", "NonFiniteLossError", "schema_difference"]
-
-
-class BatchValidationError(CanvasValidationError):
-    """A batch lacks a region or holds a tensor of the wrong shape."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stops before anything is saved."""
 
 
 def module_key(region: str) -> str:

@@ -480,3 +480,41 @@ def test_write_modes_are_checked_and_reach_the_backbone() -> None:
     assert {("linear_attention", "gate"), ("cross_attention", "replace"), ("cross_attention", "add")} == kinds
     assert any("gate_logit" in n for n, _ in m.named_parameters())
     assert torch.isfinite(m.compute_loss(tiny_batch())[0])
+
+
+# -- errors keep their attributes through every path -------------------------------------------
+
+
+def test_a_cycle_error_from_from_dict_keeps_its_connections() -> None:
+    layout = tiny_schema().layout
+    conns = [Connection(src, dst) for src, dst in [("video", "action"), ("action", "reward"), ("reward", "video")]]
+    data = CanvasProgram(CanvasSchema(layout, CanvasTopology(conns))).to_dict()
+    data["acyclic"] = True
+    with pytest.raises(ProgramCycleError, match=r"^program: CanvasProgram\(acyclic=True\).*cycle") as info:
+        CanvasProgram.from_dict(data)
+    assert info.value.connections == (0, 1, 2)
+    with pytest.raises(ProgramCycleError) as from_text:
+        CanvasProgram.from_json(json.dumps(data))
+    assert from_text.value.connections == (0, 1, 2)
+
+
+def test_an_unknown_operator_from_from_dict_keeps_its_class_and_names_the_connection() -> None:
+    data = CanvasProgram(tiny_schema()).to_dict()
+    data["connections"][0]["operator"] = "teleport"
+    with pytest.raises(UnknownAttentionTypeError, match=r"program: connection 'video'->'video' \(#0\) operator"):
+        CanvasProgram.from_dict(data)
+
+
+def test_program_errors_live_in_the_error_hierarchy_and_old_imports_work() -> None:
+    import canvas_engineering.errors as errors
+    import canvas_engineering.program as program_package
+
+    assert program_package.ProgramCycleError is errors.ProgramCycleError
+    assert program_package.ProgramValidationError is errors.ProgramValidationError
+    assert issubclass(errors.ProgramCycleError, errors.ProgramValidationError)
+    assert issubclass(errors.ProgramValidationError, CanvasValidationError)
+    from canvas_engineering.program import CARRIERS, COMPILE_MODES, PROGRAM_FORMAT_VERSION, WRITE_MODES, FamilyDefaults
+
+    assert set(CARRIERS) == {"deterministic", "diffusive", "filter", "memory", "residual"}
+    assert COMPILE_MODES == ("runtime", "freeze", "constant", "export") and WRITE_MODES == ("add", "replace", "gate")
+    assert PROGRAM_FORMAT_VERSION == 1 and FAMILIES["action"] == FamilyDefaults("diffusive", 2.0, ("state", "observation"))

@@ -6,24 +6,119 @@ both ordered by (frame, region, position) so that temporal structure becomes blo
 The mask is class-structured (it depends only on each side's (region, frame) class), so
 every view is a gather from a small table:
 
-* :meth:`dense_allowed` / :meth:`dense_weights` / :meth:`additive_bias`: (nq, nk) views,
-  for reference kernels and small groups;
-* :meth:`class_view`: (Cq, Ck) weights between the classes present, for types that work on
-  per-class summaries (linear, pooling, scans) and stay linear in N;
-* :meth:`tiles`: the non-empty (query block, key block) tiles, bucketed for packed kernels;
+* :meth:`~AttentionMask.dense_allowed` / :meth:`~AttentionMask.dense_weights` /
+  :meth:`~AttentionMask.additive_bias`: (nq, nk) views, for reference kernels and small groups;
+* :meth:`~AttentionMask.class_view`: (Cq, Ck) weights between the classes present, for types
+  that work on per-class summaries (linear, pooling, scans) and stay linear in N;
+* :meth:`~AttentionMask.tiles`: the non-empty (query block, key block) tiles, bucketed for
+  packed kernels;
 * per-position coordinates (``q_coords``/``k_coords``: t, h, w, real time, slot).
+
+What the kernels run on a device (the FlexAttention ``BlockMask`` and ``score_mod``, the dense
+bias, the tile biases) is built once per (mask, device, dtype) and kept in the mask's one
+:class:`ViewCache` (:attr:`AttentionMask.cache`); :meth:`AttentionMask.clear_cache` drops it.
+Masks made by :meth:`AttentionMask.with_kernel` share that cache, so the blocks of a model,
+which all run one compiled plan, build each view once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-__all__ = ["AttentionMask", "ClassView", "TileBucket", "TilePlan"]
+from canvas_engineering.errors import CanvasValidationError
 
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+__all__ = [
+    "BLOCK_SIZES",
+    "FLEX_BLOCK_SIZE",
+    "KERNELS",
+    "AttentionMask",
+    "ClassView",
+    "TileBucket",
+    "TilePlan",
+    "ViewCache",
+    "block_mask_from_tiles",
+    "check_kernel",
+]
+
+#: kernel names: ``"auto"`` picks one per device and group size (see ``kernels.resolve_kernel``)
+KERNELS: tuple[str, ...] = ("auto", "flex", "tiled", "dense")
+#: power-of-two block sizes the tiled kernel considers (frame-aligned sizes are added per group)
 BLOCK_SIZES = (32, 64, 128, 256)
+#: FlexAttention's block size
+FLEX_BLOCK_SIZE = 128
+
+_T = TypeVar("_T")
+#: position-level extra mask ``(q_index, k_index) -> bool`` over group-local indices
+ExtraMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def check_kernel(kernel: object, where: str) -> str:
+    """Return ``kernel`` if it is one of :data:`KERNELS`, else raise naming ``where``.
+
+    Raises:
+        CanvasValidationError: unknown kernel name (the message lists the valid ones).
+    """
+    if kernel not in KERNELS:
+        msg = f"{where}: kernel {kernel!r} must be one of {', '.join(KERNELS)}"
+        raise CanvasValidationError(msg)
+    return str(kernel)
+
+
+class ViewCache:
+    """Memo of what a mask builds on demand, one entry per key (view, block size, device, dtype, ...).
+
+    Entries hold device tensors and closures (a ``BlockMask``'s ``mask_mod``), so copies and
+    pickles of a mask start with an empty cache: every entry is rebuilt on first use.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, build: Callable[[], _T]) -> _T:
+        """The entry under ``key``, built by ``build()`` on first request."""
+        if key not in self._entries:
+            self._entries[key] = build()
+        return self._entries[key]
+
+    def clear(self) -> None:
+        """Drop every entry (e.g. to free a device's memory, or after editing the mask's tables)."""
+        self._entries.clear()
+
+    def keys(self) -> list[Hashable]:
+        """The keys held, in insertion order."""
+        return list(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._entries))
+
+    def __reduce__(self) -> tuple[type[ViewCache], tuple[()]]:
+        return (ViewCache, ())
+
+    def __repr__(self) -> str:
+        return f"ViewCache({len(self)} entries)"
+
+
+def _device_key(device: torch.device | str) -> str:
+    """``"cpu"``, ``"cuda:0"``: a bare ``"cuda"`` names the current device, so one GPU has one key."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
 
 
 @dataclass(frozen=True)
@@ -58,29 +153,41 @@ class TileBucket:
     Attributes:
         q_blocks: (nb,) query block indices.
         k_blocks: (nb, K) key block indices of each query block's non-empty tiles.
-        bias: (nb, bs, K * bs) additive bias (log weight, -inf blocked), or None when every
-            tile is fully allowed with weight 1.
-        row_valid: (nb, bs) bool, query rows with at least one allowed key (None: all).
+        bias: additive bias (log weight, -inf blocked), or None when every tile is fully
+            allowed with weight 1. ``(nb, bs, K * bs)``, or ``(nb, 1, K * bs)`` when every
+            query row of a block has the same bias (blocks of one class), which broadcasts.
+        row_valid: (nb, bs) or (nb, 1) bool, query rows with at least one allowed key (None: all).
+        band: ``(q_start, k_starts)`` when the query blocks are consecutive and every window
+            column is a consecutive run too (banded masks such as causal_temporal): the kernels
+            then slice instead of gathering, which is much cheaper to differentiate.
     """
 
     q_blocks: torch.Tensor
     k_blocks: torch.Tensor
     bias: torch.Tensor | None
     row_valid: torch.Tensor | None
+    band: tuple[int, tuple[int, ...]] | None = None
 
-    @cached_property
-    def band(self) -> tuple[int, tuple[int, ...]] | None:
-        """``(q_start, k_starts)`` when the query blocks are consecutive and every window
-        column is a consecutive run too (banded masks such as causal_temporal): the kernels
-        then slice instead of gathering, which is much cheaper to differentiate."""
-        nb = self.q_blocks.numel()
-        steps = torch.arange(nb)
-        if not torch.equal(self.q_blocks, self.q_blocks[0] + steps):
-            return None
-        starts = self.k_blocks[0]
-        if not torch.equal(self.k_blocks, starts[None, :] + steps[:, None]):
-            return None
-        return int(self.q_blocks[0]), tuple(int(s) for s in starts)
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> TileBucket:
+        """The bucket with its tensors on ``device`` and its bias in ``dtype``."""
+        return replace(
+            self,
+            q_blocks=self.q_blocks.to(device),
+            k_blocks=self.k_blocks.to(device),
+            bias=None if self.bias is None else self.bias.to(device, dtype),
+            row_valid=None if self.row_valid is None else self.row_valid.to(device),
+        )
+
+
+def _band(q_blocks: torch.Tensor, k_blocks: torch.Tensor) -> tuple[int, tuple[int, ...]] | None:
+    """:attr:`TileBucket.band` of a bucket (None when it is not banded)."""
+    steps = torch.arange(q_blocks.numel())
+    if not torch.equal(q_blocks, q_blocks[0] + steps):
+        return None
+    starts = k_blocks[0]
+    if not torch.equal(k_blocks, starts[None, :] + steps[:, None]):
+        return None
+    return int(q_blocks[0]), tuple(int(s) for s in starts)
 
 
 @dataclass(frozen=True)
@@ -100,6 +207,44 @@ class TilePlan:
     #: buckets' outputs followed by one zero block (for blocks with no allowed key)
     assembly: torch.Tensor
 
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> TilePlan:
+        """The plan with its buckets' tensors on ``device`` (biases in ``dtype``)."""
+        return replace(
+            self, buckets=tuple(b.to(device, dtype) for b in self.buckets), assembly=self.assembly.to(device)
+        )
+
+
+def block_mask_from_tiles(
+    partial: torch.Tensor,
+    full: torch.Tensor,
+    block_size: int,
+    mask_mod: Callable[..., torch.Tensor],
+    seq_lengths: tuple[int, int],
+    device: torch.device | str,
+) -> BlockMask:
+    """A FlexAttention ``BlockMask`` from (n_q_blocks, n_k_blocks) tile matrices.
+
+    Args:
+        partial: tiles that hold allowed and blocked pairs (``mask_mod`` decides per pair).
+        full: tiles whose every pair is allowed (``mask_mod`` is skipped there).
+        block_size: tile side.
+        mask_mod: FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``.
+        seq_lengths: ``(nq, nk)``.
+        device: where the block tables live.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def as_blocks(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = tiles.sum(-1).to(torch.int32)
+        idx = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num[None, None].to(device), idx[None, None].to(device)
+
+    kv_num, kv_idx = as_blocks(partial)
+    full_num, full_idx = as_blocks(full)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=seq_lengths
+    )
+
 
 class AttentionMask:
     """The mask of one attention group (see module docstring).
@@ -111,6 +256,11 @@ class AttentionMask:
         position_classes: (N,) class of every canvas position.
         coords: (N, 5) long per position: t, h, w, real time, slot (index within its region frame).
         kernel: preferred kernel, ``"auto" | "flex" | "tiled" | "dense"``.
+
+    Attributes:
+        cache: the :class:`ViewCache` holding every view built on demand (tile plans, the
+            chosen block size, and per device and dtype the ``BlockMask``, ``score_mod``,
+            dense bias and tile biases). Shared with the masks :meth:`with_kernel` returns.
     """
 
     def __init__(
@@ -130,9 +280,21 @@ class AttentionMask:
         self.q_coords = coords[q_positions]
         self.k_coords = coords[k_positions]
         self.kernel = kernel
-        self._tiles: dict[tuple[int, object], TilePlan] = {}
-        self._best_block_size: int | None = None
-        self._device_cache: dict[tuple, object] = {}
+        self.cache = ViewCache()
+
+    def with_kernel(self, kernel: str) -> AttentionMask:
+        """The same mask preferring ``kernel``; it shares this mask's tensors and :attr:`cache`.
+
+        Raises:
+            CanvasValidationError: unknown kernel name.
+        """
+        view = copy.copy(self)  # shallow: tables, positions and the cache are shared
+        view.kernel = check_kernel(kernel, "AttentionMask.with_kernel")
+        return view
+
+    def clear_cache(self) -> None:
+        """Drop every view built on demand (shared with :meth:`with_kernel` masks); rebuilt on next use."""
+        self.cache.clear()
 
     @property
     def num_queries(self) -> int:
@@ -155,7 +317,7 @@ class AttentionMask:
     # -- dense views ---------------------------------------------------------------
 
     def dense_weights(self) -> torch.Tensor:
-        """(nq, nk) weight, 0 where blocked."""
+        """(nq, nk) weight, 0 where blocked (built on each call; see :meth:`dense_bias` for the cached view)."""
         return self.class_table.index_select(0, self.q_classes).index_select(1, self.k_classes)
 
     def dense_allowed(self) -> torch.Tensor:
@@ -165,6 +327,27 @@ class AttentionMask:
     def additive_bias(self) -> torch.Tensor:
         """(nq, nk) float: log weight where allowed, -inf where blocked."""
         return self.dense_weights().log()
+
+    def dense_bias(
+        self, device: torch.device | str, dtype: torch.dtype, extra_mask: ExtraMask = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bias (nq, nk), row_valid (nq,))`` on ``device``, cached per (device, dtype, extra mask).
+
+        ``bias`` is the log weight, -inf where blocked, and 0 on rows with no allowed key
+        (any finite row keeps softmax finite; ``row_valid`` (bool) marks the rows whose
+        output counts). ``extra_mask(q_index, k_index) -> bool`` is ANDed with the class mask.
+        """
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            weights = self.dense_weights()
+            if extra_mask is not None:
+                weights = weights * extra_mask(torch.arange(self.num_queries)[:, None], torch.arange(self.num_keys)[None, :])
+            valid = (weights > 0).any(1)
+            bias = weights.log()
+            bias[~valid] = 0.0
+            return bias.to(device, dtype), valid.to(device)
+
+        return self.cache.get(("dense_bias", _device_key(device), dtype, extra_mask), build)
 
     @cached_property
     def row_has_key(self) -> torch.Tensor:
@@ -190,10 +373,68 @@ class AttentionMask:
         view = self._class_view
         if device is None or torch.device(device) == view.weights.device:
             return view
-        key = ("class_view", str(device))
-        if key not in self._device_cache:
-            self._device_cache[key] = ClassView(*(getattr(view, f).to(device) for f in view.__dataclass_fields__))
-        return self._device_cache[key]  # type: ignore[return-value]
+        return self.cache.get(
+            ("class_view", _device_key(device)),
+            lambda: ClassView(*(getattr(view, f).to(device) for f in view.__dataclass_fields__)),
+        )
+
+    # -- flex views ------------------------------------------------------------------
+
+    def _padded_classes(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(table (C+1, C+1), q_cls, k_cls)`` on ``device``: class ids padded to whole flex
+        blocks with an extra all-blocked class, so out-of-range indices read "blocked"."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            c, bs = self.class_table.shape[0], FLEX_BLOCK_SIZE
+            table = torch.zeros(c + 1, c + 1)
+            table[:c, :c] = self.class_table
+            q_pad = -self.num_queries % bs
+            k_pad = -self.num_keys % bs
+            q_cls = torch.cat([self.q_classes, torch.full((q_pad,), c)])
+            k_cls = torch.cat([self.k_classes, torch.full((k_pad,), c)])
+            return table.to(device), q_cls.to(device), k_cls.to(device)
+
+        return self.cache.get(("padded_classes", _device_key(device)), build)
+
+    def block_mask(self, device: torch.device | str, extra_mask: ExtraMask = None) -> BlockMask:
+        """The FlexAttention ``BlockMask`` of the group on ``device`` (cached per device and extra mask).
+
+        Its tiles come from :meth:`tiles` at :data:`FLEX_BLOCK_SIZE` (tiles allowed with weight 1
+        are "full" and skip ``mask_mod``); ``mask_mod`` gathers from the class table, so partial
+        tiles are exact. Never builds an (nq, nk) tensor.
+        """
+
+        def build() -> BlockMask:
+            nq, nk = self.num_queries, self.num_keys
+            table, q_cls, k_cls = self._padded_classes(device)
+            allowed = table > 0
+
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                ok = allowed[q_cls[q_idx], k_cls[kv_idx]]
+                if extra_mask is not None:
+                    ok = ok & extra_mask(q_idx.clamp(max=nq - 1), kv_idx.clamp(max=nk - 1))
+                return ok
+
+            plan = self.tiles(FLEX_BLOCK_SIZE)
+            full = plan.clean if extra_mask is None else torch.zeros_like(plan.clean)
+            partial = plan.nonempty & ~full
+            return block_mask_from_tiles(partial, full, FLEX_BLOCK_SIZE, mask_mod, (nq, nk), device)
+
+        return self.cache.get(("block_mask", _device_key(device), extra_mask), build)
+
+    def score_mod(self, device: torch.device | str, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+        """FlexAttention ``score_mod`` adding the log connection weight, on ``device`` in ``dtype`` (cached)."""
+
+        def build() -> Callable[..., torch.Tensor]:
+            table, q_cls, k_cls = self._padded_classes(device)
+            log_w = table.clamp(min=1e-30).log().to(dtype)
+
+            def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                return score + log_w[q_cls[q_idx], k_cls[kv_idx]]
+
+            return score_mod
+
+        return self.cache.get(("score_mod", _device_key(device), dtype), build)
 
     # -- tiles ---------------------------------------------------------------------
 
@@ -203,7 +444,8 @@ class AttentionMask:
         Cost: computed pairs (x1.5 in masked tiles, which SDPA runs slower) plus a fixed
         overhead per tile, so equal work prefers fewer, larger tiles.
         """
-        if self._best_block_size is None:
+
+        def build() -> int:
             costs = {}
             for bs in self._candidate_block_sizes():
                 nonempty, clean = self._tile_structure(bs)
@@ -211,30 +453,40 @@ class AttentionMask:
                 masked = ~(clean | ~nonempty).all(1)
                 work = bs * bs * torch.where(masked, 1.5, 1.0)
                 costs[bs] = float((counts * (work + 16384)).sum())
-            self._best_block_size = min(costs, key=costs.get)
-        return self._best_block_size
+            return min(costs, key=costs.get)
+
+        return self.cache.get("block_size", build)
 
     def _candidate_block_sizes(self) -> list[int]:
-        """Powers of two, plus divisors of the per-frame query count (frame-aligned tiles)."""
+        """Powers of two, plus divisors of the most common per-frame query count (frame-aligned
+        tiles; "most common" so that a trailing segment of another size, such as CogVideoX's
+        text tokens after the video frames, still leaves the frames aligned)."""
         sizes = set(BLOCK_SIZES)
         per_frame = torch.bincount(self.q_coords[:, 0])
         per_frame = per_frame[per_frame > 0]
-        if len(per_frame) and bool((per_frame == per_frame[0]).all()):
-            frame = int(per_frame[0])
+        if len(per_frame):
+            frame = int(torch.mode(per_frame).values)
             sizes |= {frame // k for k in range(1, 9) if frame % k == 0 and 32 <= frame // k <= 640}
         return sorted(sizes)
 
-    def tiles(self, block_size: int, extra_mask: object = None) -> TilePlan:
-        """Bucketed non-empty tiles at ``block_size`` (cached per block size and extra mask).
+    def tiles(self, block_size: int, extra_mask: ExtraMask = None) -> TilePlan:
+        """Bucketed non-empty tiles at ``block_size``, on the CPU (cached per block size and extra mask).
 
         Args:
             extra_mask: optional callable ``(q_index (..., bs), k_index (..., Kbs)) -> bool`` over
                 group-local indices, ANDed with the class mask (forces masked buckets).
         """
-        key = (block_size, extra_mask)
-        if key not in self._tiles:
-            self._tiles[key] = self._build_tiles(block_size, extra_mask)
-        return self._tiles[key]
+        return self.cache.get(("tiles", block_size, extra_mask), lambda: self._build_tiles(block_size, extra_mask))
+
+    def device_tiles(
+        self, block_size: int, device: torch.device | str, dtype: torch.dtype, extra_mask: ExtraMask = None
+    ) -> TilePlan:
+        """:meth:`tiles` with the buckets' tensors on ``device`` and biases in ``dtype`` (cached)."""
+        plan = self.tiles(block_size, extra_mask)
+        if torch.device(device).type == "cpu" and all(b.bias is None or b.bias.dtype == dtype for b in plan.buckets):
+            return plan
+        key = ("device_tiles", block_size, extra_mask, _device_key(device), dtype)
+        return self.cache.get(key, lambda: plan.to(device, dtype))
 
     def _tile_structure(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(nonempty, clean) (n_q_blocks, n_k_blocks) bool tiles from per-block class histograms."""
@@ -255,7 +507,7 @@ class AttentionMask:
             clean[:, -1] = False
         return nonempty, clean
 
-    def _build_tiles(self, bs: int, extra_mask: object) -> TilePlan:
+    def _build_tiles(self, bs: int, extra_mask: ExtraMask) -> TilePlan:
         nqb, nkb = -(-self.num_queries // bs), -(-self.num_keys // bs)
         nonempty, clean = self._tile_structure(bs)
         counts = nonempty.sum(1)
@@ -276,15 +528,16 @@ class AttentionMask:
                 bias = row_valid = None
                 if masked:
                     bias, row_valid = self._bucket_bias(sel, k_blocks, bs, extra_mask)
-                buckets.append(TileBucket(sel, k_blocks, bias, row_valid))
+                buckets.append(TileBucket(sel, k_blocks, bias, row_valid, _band(sel, k_blocks)))
         order = torch.cat([b.q_blocks for b in buckets]) if buckets else torch.zeros(0, dtype=torch.long)
         assembly = torch.full((nqb,), len(order), dtype=torch.long)
         assembly[order] = torch.arange(len(order))
         return TilePlan(bs, nqb, nkb, tuple(buckets), computed, nonempty, clean & nonempty, assembly)
 
     def _bucket_bias(
-        self, q_blocks: torch.Tensor, k_blocks: torch.Tensor, bs: int, extra_mask: object
+        self, q_blocks: torch.Tensor, k_blocks: torch.Tensor, bs: int, extra_mask: ExtraMask
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bias, row_valid)`` of a masked bucket; one row per block when its real rows share a class."""
         c = self.class_table.shape[0]
         pad_class = c  # an all-blocked class for padding rows/columns
         table = torch.zeros(c + 1, c + 1)
@@ -294,7 +547,13 @@ class AttentionMask:
         q_idx = (q_blocks[:, None] * bs + torch.arange(bs)[None, :]).clamp(max=self.num_queries)  # (nb, bs)
         k_idx = (k_blocks[:, :, None] * bs + torch.arange(bs)[None, None, :]).reshape(len(q_blocks), -1)
         k_idx = k_idx.clamp(max=self.num_keys)  # (nb, K*bs); padding maps to the pad class
-        weights = table[q_cls[q_idx][:, :, None], k_cls[k_idx][:, None, :]]  # (nb, bs, K*bs)
+        rows = q_cls[q_idx]  # (nb, bs)
+        # Padding rows (index nq) are cut from the output, so they need not match their block.
+        one_class = bool(((rows == rows[:, :1]) | (q_idx == self.num_queries)).all())
+        if one_class and extra_mask is None:
+            # Every row of a block has the same bias: keep one, SDPA broadcasts it (bs x less memory).
+            rows = rows[:, :1]
+        weights = table[rows[:, :, None], k_cls[k_idx][:, None, :]]  # (nb, bs or 1, K*bs)
         if extra_mask is not None:
             ok = extra_mask(q_idx.clamp(max=self.num_queries - 1)[:, :, None], k_idx.clamp(max=self.num_keys - 1)[:, None, :])
             weights = weights * ok

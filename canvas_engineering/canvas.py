@@ -103,27 +103,32 @@ class SpatiotemporalCanvas(nn.Module):
             canvas: (B, N, d_model).
             x: (B, n_region, d_model) or (B, t, h, w, d_model) tokens of the region.
         """
-        self._check_canvas(canvas)
+        self.check_canvas(canvas)
         idx = self.layout.region_indices(region).to(canvas.device)
         x = self._tokens(x, region, canvas.shape[0]).to(canvas.dtype)
         return canvas.index_copy(1, idx, x)
 
     def extract(self, canvas: torch.Tensor, region: str) -> torch.Tensor:
         """(B, n_region, d_model) tokens of region ``region``."""
-        self._check_canvas(canvas)
+        self.check_canvas(canvas)
         idx = self.layout.region_indices(region).to(canvas.device)
         return canvas.index_select(1, idx)
 
     def encode(self, canvas: torch.Tensor) -> torch.Tensor:
         """``canvas`` plus every position's position and region encodings."""
-        self._check_canvas(canvas)
+        self.check_canvas(canvas)
         return canvas + (self.position_encoding + self.region_embedding[self.region_ids]).to(canvas.dtype)
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         """Alias of :meth:`encode`."""
         return self.encode(canvas)
 
-    def _check_canvas(self, canvas: torch.Tensor) -> None:
+    def check_canvas(self, canvas: torch.Tensor) -> None:
+        """Check that ``canvas`` is a ``(B, N, d_model)`` tensor of this layout.
+
+        Raises:
+            CanvasValidationError: anything else (the message gives the expected and the actual shape).
+        """
         n, d = self.layout.num_positions, self.layout.d_model
         if not isinstance(canvas, torch.Tensor) or canvas.dim() != 3 or canvas.shape[1:] != (n, d):
             shape = tuple(canvas.shape) if isinstance(canvas, torch.Tensor) else type(canvas).__name__

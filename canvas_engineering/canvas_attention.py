@@ -8,30 +8,39 @@ from typing import Any
 import torch
 from torch import nn
 
-from canvas_engineering.attention_mask import AttentionMask
-from canvas_engineering.compiler import AttentionPlan, compile_topology
+from canvas_engineering.attention_mask import AttentionMask, check_kernel
+from canvas_engineering.compiler import AttentionPlan, compile_topology, position_coords
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
-from canvas_engineering.kernels import KERNELS
 from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.plugin_host import PluginRegistry, get_registry
 from canvas_engineering.program import WRITE_MODES
 from canvas_engineering.topology import CanvasTopology, Connection
 
-__all__ = ["AttentionGroup", "CanvasAttention", "position_coords"]
+__all__ = ["AttentionGroup", "CanvasAttention", "position_coords", "resolve_plan"]
 
 
-def position_coords(layout: CanvasLayout) -> torch.Tensor:
-    """(N, 5) long per position: t, h, w, real time, slot (index within its region's frame)."""
-    n = layout.num_positions
-    pos = torch.arange(n)
-    t, hw = pos // (layout.H * layout.W), pos % (layout.H * layout.W)
-    h, w = hw // layout.W, hw % layout.W
-    rid = layout.position_region_ids
-    real = layout.frame_real_times[rid, t]
-    real = torch.where(real >= 0, real, t)
-    bounds = torch.tensor([s.bounds for s in layout.regions.values()] + [(0, layout.T, 0, layout.H, 0, layout.W)])
-    h0, w0, w1 = bounds[rid, 2], bounds[rid, 4], bounds[rid, 5]
-    slot = (h - h0) * (w1 - w0) + (w - w0)
-    return torch.stack([t, h, w, real, slot], dim=1)
+def resolve_plan(layout: CanvasLayout | AttentionPlan, topology: CanvasTopology | None, where: str) -> AttentionPlan:
+    """The plan of ``(layout, topology)``: ``layout`` itself when it is an already compiled plan.
+
+    Lets a model compile once and pass the plan to every block, while ``(layout, topology)``
+    keeps working for a module built alone.
+
+    Raises:
+        CanvasValidationError: neither a plan nor a (layout, topology) pair, or a plan given
+            with a different topology.
+    """
+    if isinstance(layout, AttentionPlan):
+        if topology is not None and topology is not layout.topology and topology != layout.topology:
+            msg = f"{where}: got a compiled AttentionPlan and a different topology; pass the plan alone"
+            raise CanvasValidationError(msg)
+        return layout
+    if isinstance(layout, CanvasLayout) and isinstance(topology, CanvasTopology):
+        return compile_topology(layout, topology)
+    msg = (
+        f"{where}: expected an AttentionPlan or a (CanvasLayout, CanvasTopology) pair, "
+        f"got ({type(layout).__name__}, {type(topology).__name__})"
+    )
+    raise CanvasValidationError(msg)
 
 
 class AttentionGroup(nn.Module):
@@ -40,18 +49,26 @@ class AttentionGroup(nn.Module):
     Attributes:
         fn: the attention type name.
         connections: the connections it runs.
-        mask: the group's :class:`AttentionMask`.
+        indices: their indices in the topology (the key of the plan's group mask).
+        mask: the group's :class:`AttentionMask` (shared with every block running the same plan).
         op: the attention type module.
         write_mode: ``"add"``, ``"gate"`` or ``"replace"`` (see :class:`CanvasAttention`).
         gate_logit: (1,) learned gate logit of a ``"gate"`` group, zero-initialised (gate 0.5).
     """
 
     def __init__(
-        self, fn: str, connections: list[Connection], mask: AttentionMask, op: nn.Module, write_mode: str = "add"
+        self,
+        fn: str,
+        connections: list[Connection],
+        mask: AttentionMask,
+        op: nn.Module,
+        write_mode: str = "add",
+        indices: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.fn = fn
         self.connections = connections
+        self.indices = tuple(indices)
         self.mask = mask
         self.op = op
         self.write_mode = write_mode
@@ -106,95 +123,94 @@ class CanvasAttention(nn.Module):
     modes are separate modules (separate weights).
 
     Args:
-        layout: the canvas layout.
-        topology: the attention graph.
+        layout: the canvas layout, or an already compiled :class:`AttentionPlan` (then
+            ``topology`` may be omitted): a model compiles once and passes the plan to every
+            block, which then also share each group's mask and its device views.
+        topology: the attention graph (``None`` when ``layout`` is a plan).
         d_model: token width (defaults to ``layout.d_model``).
         n_heads: attention heads.
         kernel: ``"auto"`` (flex on GPU, tile-packed SDPA on CPU), ``"flex"``, ``"tiled"`` or ``"dense"``.
         type_config: per-type options, ``{"local_attention": {"window": 2}}``.
         write_modes: one write mode per connection of ``topology`` (``None``: all ``"add"``).
+        registry: the plugin registry the attention types come from (default:
+            :func:`canvas_engineering.plugin_host.get_registry`).
+
+    Attributes:
+        plan: the compiled :class:`AttentionPlan` (the one passed in, if any).
 
     Raises:
         UnknownAttentionTypeError: a connection resolves to a type that is not installed
             (the message names the connection and lists the installed types).
-        CanvasValidationError: ``write_modes`` has the wrong length or an unknown mode (named).
+        CanvasValidationError: ``write_modes`` has the wrong length or an unknown mode (named),
+            an unknown kernel, or a plan passed with a different topology.
 
     Shapes: ``forward(x (B, N, d_model), beta) -> (B, N, d_model)``.
     """
 
     def __init__(
         self,
-        layout: CanvasLayout,
-        topology: CanvasTopology,
+        layout: CanvasLayout | AttentionPlan,
+        topology: CanvasTopology | None = None,
         d_model: int | None = None,
         n_heads: int = 4,
         kernel: str = "auto",
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
         write_modes: Sequence[str] | None = None,
+        *,
+        registry: PluginRegistry | None = None,
     ) -> None:
         super().__init__()
-        from canvas_engineering.plugin_host import get_registry
-
+        check_kernel(kernel, "CanvasAttention")
+        self.plan: AttentionPlan = resolve_plan(layout, topology, "CanvasAttention")
+        layout, topology = self.plan.layout, self.plan.topology
         modes = _check_write_modes(topology, write_modes)
-        if kernel not in KERNELS:
-            msg = f"CanvasAttention kernel {kernel!r} must be one of {', '.join(KERNELS)}"
-            raise ValueError(msg)
         self.layout = layout
         self.topology = topology
         self.d_model = d_model or layout.d_model
         self.n_heads = n_heads
-        self.plan: AttentionPlan = compile_topology(layout, topology)
-        registry = get_registry().attention_types
+        types = (registry if registry is not None else get_registry()).attention_types
         type_config = dict(type_config or {})
-        by_type: dict[tuple[str, str], list[Connection]] = {}
-        for conn, mode in zip(topology.connections, modes):
+        by_type: dict[tuple[str, str], list[int]] = {}
+        for i, (conn, mode) in enumerate(zip(topology.connections, modes)):
             fn = topology.resolve_fn(conn, layout)
-            if fn not in registry:
+            if fn not in types:
                 msg = (
                     f"{conn.label}: attention type {fn!r} is not installed; "
-                    f"installed types: {', '.join(sorted(registry.names()))}"
+                    f"installed types: {', '.join(sorted(types.names()))}"
                 )
                 raise UnknownAttentionTypeError(msg)
-            by_type.setdefault((fn, mode), []).append(conn)
-        coords = position_coords(layout)
+            by_type.setdefault((fn, mode), []).append(i)
         self.groups = nn.ModuleList()
         replaced = torch.zeros(layout.num_positions, dtype=torch.bool)
-        for (fn, mode), conns in by_type.items():
-            sub = compile_topology(layout, CanvasTopology(conns))
-            q_pos = self._ordered_positions({c.src for c in conns})
-            k_pos = self._ordered_positions({c.dst for c in conns})
-            mask = AttentionMask(sub.weight_table, q_pos, k_pos, sub.class_ids, coords, kernel)
-            op = registry[fn].obj(d_model=self.d_model, n_heads=n_heads, **dict(type_config.get(fn, {})))
-            self.groups.append(AttentionGroup(fn, conns, mask, op, mode))
+        for (fn, mode), indices in by_type.items():
+            mask = self.plan.group_mask(indices, kernel)
+            op = types[fn].obj(d_model=self.d_model, n_heads=n_heads, **dict(type_config.get(fn, {})))
+            conns = [topology.connections[i] for i in indices]
+            self.groups.append(AttentionGroup(fn, conns, mask, op, mode, indices))
             if mode == "replace":
-                replaced[q_pos] = True
+                replaced[mask.q_positions] = True
         #: (N,) bool: positions some replace group writes (None when there is no such group)
         self.replace_mask: torch.Tensor | None
         self.register_buffer("replace_mask", replaced if bool(replaced.any()) else None, persistent=False)
 
-    def _ordered_positions(self, regions: set[str]) -> torch.Tensor:
-        """Positions of ``regions`` ordered by (frame, region, position): time becomes block structure."""
-        layout = self.layout
-        pos = torch.cat([layout.region_indices(r) for r in sorted(regions, key=layout.region_names.index)])
-        rid = layout.position_region_ids[pos]
-        frame = layout.position_frames[pos]
-        key = (frame * (len(layout.regions) + 1) + rid) * layout.num_positions + pos
-        return pos[torch.argsort(key)]
-
     def set_kernel(self, kernel: str) -> None:
-        """Override the kernel of every group (``"auto"``, ``"flex"``, ``"tiled"``, ``"dense"``)."""
-        if kernel not in KERNELS:
-            msg = f"kernel {kernel!r} must be one of {', '.join(KERNELS)}"
-            raise ValueError(msg)
+        """Run every group with ``kernel`` (``"auto"``, ``"flex"``, ``"tiled"``, ``"dense"``).
+
+        Only this module changes; other blocks running the same plan keep their kernel.
+
+        Raises:
+            CanvasValidationError: unknown kernel name.
+        """
+        check_kernel(kernel, "CanvasAttention.set_kernel")
         for group in self.groups:
-            group.mask.kernel = kernel
+            group.mask = self.plan.group_mask(group.indices, kernel)
 
     def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """Map canvas tokens (B, N, d_model) to attention updates (B, N, d_model)."""
         n = self.layout.num_positions
         if x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.d_model:
             msg = f"CanvasAttention expects tokens of shape (B, {n}, {self.d_model}), got {tuple(x.shape)}"
-            raise ValueError(msg)
+            raise CanvasValidationError(msg)
         if len(self.groups) == 1 and self.groups[0].q_range == (0, n):
             return self.groups[0](x, beta).to(x.dtype)  # one group over every position, in order
         out = torch.zeros_like(x)

@@ -40,11 +40,16 @@ Decisions (also in the docstrings below):
   weights. Connection ``fn`` is ignored: inside a pretrained CogVideoX every allowed pair
   runs through the model's own softmax attention.
 
-The processor builds a dense ``(L + N, L + N)`` float mask (cached per plan, text length,
-device and dtype) and calls SDPA. That is fine for small canvases and tests; a full-size
-CogVideoX-2B canvas (N = 17,550) needs a 1.2 GB float32 mask per device, where a
-block-sparse backend would be the next step. A plan that allows every pair with weight 1
-under ``"global"`` skips the mask entirely, so it runs exactly the stock computation.
+The processor runs the plan through the same kernels as
+:class:`~canvas_engineering.canvas_attention.CanvasAttention`, chosen by the same rule
+(:func:`~canvas_engineering.kernels.resolve_kernel`: FlexAttention on CUDA, tile-packed or, for
+small sequences, dense SDPA on the CPU). It builds one class-structured
+:class:`~canvas_engineering.attention_mask.AttentionMask` over ``[video (N), text (L)]`` per
+(plan, text length), with the text tokens as one more class, so memory grows with the allowed
+tiles, not as ``(L + N)^2`` (a full-size CogVideoX-2B canvas, N = 17,550 and L = 226, would need
+a 1.2 GB float32 dense mask; ``benchmarks/looped.py`` measures both). A plan that allows every
+pair with weight 1 under ``"global"`` skips the mask entirely, so it runs exactly the stock
+computation.
 
 .. versionadded:: 0.1.0
 """
@@ -62,8 +67,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_engineering.action_head import ActionHead
+from canvas_engineering.attention_mask import AttentionMask, check_kernel
 from canvas_engineering.compiler import AttentionPlan, compile_topology
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.kernels import softmax_attention
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.looped import LoopedBlockWrapper
 from canvas_engineering.topology import CanvasTopology
@@ -80,6 +87,7 @@ __all__ = [
     "freeze_none",
     "graft_looped_blocks",
     "install_canvas_processor",
+    "joint_attention_mask",
     "looped_wrappers",
     "wrap_transformer_blocks",
 ]
@@ -190,16 +198,67 @@ def _plan_is_dense(plan: AttentionPlan) -> bool:
     return bool((plan.weight_table[present][:, present] == 1).all())
 
 
+def joint_attention_mask(
+    plan: AttentionPlan | None, text_len: int, video_len: int, text_rule: str, kernel: str = "auto"
+) -> AttentionMask:
+    """The mask over the joint sequence ``[video (N), text (L)]`` (video first, see below).
+
+    Classes are the plan's (region, frame) classes for the video tokens plus one class for
+    all text tokens, so the mask stays class-structured and the kernels never build an
+    (L + N)^2 tensor. Video-to-video pairs take the plan's weights (every pair, weight 1, when
+    ``plan`` is None); text pairs have weight 1 where ``text_rule`` allows them (see
+    :mod:`canvas_engineering.cogvideox`). Video comes first so that the frames start on tile
+    boundaries (the text forms a trailing segment), which keeps the tiles of a frame-aligned
+    plan whole.
+
+    Args:
+        plan: the canvas plan over the video tokens, or None (dense video attention).
+        text_len: L.
+        video_len: N (must equal ``plan.num_positions`` when there is a plan).
+        text_rule: ``"global"``, ``"condition"`` or ``"isolated"``.
+        kernel: the kernel the mask prefers (see :data:`~canvas_engineering.kernels.KERNELS`).
+    """
+    if plan is None:
+        video_classes = torch.zeros(video_len, dtype=torch.long)
+        video_table = torch.ones(1, 1)
+        video_coords = torch.zeros(video_len, 5, dtype=torch.long)
+        frames = 1
+    else:
+        video_classes, video_table, video_coords, frames = plan.class_ids, plan.weight_table, plan.coords, plan.layout.T
+    c = video_table.shape[0]  # the text class
+    table = torch.zeros(c + 1, c + 1)
+    table[:c, :c] = video_table
+    table[c, c] = 1.0  # text reads text under every rule
+    if text_rule in ("global", "condition"):
+        table[:c, c] = 1.0  # the canvas reads the text
+    if text_rule == "global":
+        table[c, :c] = 1.0  # the text reads the canvas
+    text_coords = torch.zeros(text_len, 5, dtype=torch.long)
+    text_coords[:, 0] = text_coords[:, 3] = frames  # after the last frame, as a segment of its own
+    text_coords[:, 4] = torch.arange(text_len)
+    classes = torch.cat([video_classes, torch.full((text_len,), c)])
+    positions = torch.arange(video_len + text_len)
+    coords = torch.cat([video_coords, text_coords])
+    return AttentionMask(table, positions, positions, classes, coords, check_kernel(kernel, "joint_attention_mask"))
+
+
 class CanvasCogVideoXAttnProcessor:
     """``CogVideoXAttnProcessor2_0`` with a canvas plan and a sharpening factor.
 
     Computes, per head, ``softmax(beta * q.k / sqrt(head_dim) + log w) v`` over the joint
-    sequence ``[text (L), video (N)]``, where ``w`` is 0 (bias ``-inf``) for blocked pairs; a
-    query with no allowed key gets 0. Video token ``i`` is canvas position ``i``: CogVideoX
-    orders video tokens frame-major, then patch row, then patch column, which is the canvas
-    order ``t * H * W + h * W + w``, so use a layout with T = latent frames (over
+    sequence of text (L) and video (N) tokens, where ``w`` is 0 (bias ``-inf``) for blocked
+    pairs; a query with no allowed key gets 0. Video token ``i`` is canvas position ``i``:
+    CogVideoX orders video tokens frame-major, then patch row, then patch column, which is the
+    canvas order ``t * H * W + h * W + w``, so use a layout with T = latent frames (over
     ``patch_size_t`` for CogVideoX 1.5), H = latent height / patch_size and W = latent width /
     patch_size. Text tokens follow ``text_rule`` (see :mod:`canvas_engineering.cogvideox`).
+
+    With a mask, the attention runs through the kernels of
+    :class:`~canvas_engineering.canvas_attention.CanvasAttention`
+    (:func:`~canvas_engineering.kernels.softmax_attention` over :func:`joint_attention_mask`,
+    kernel chosen by :func:`~canvas_engineering.kernels.resolve_kernel`); the mask and its
+    device views are built once per (plan, text length) and (device, dtype). An explicit
+    ``attention_mask`` argument is added to the dense view instead (it is (L + N)^2 already).
 
     ``beta`` and ``canvas_plan`` are declared keyword arguments of ``__call__``: diffusers'
     ``Attention.forward`` silently drops undeclared ones. A
@@ -211,44 +270,45 @@ class CanvasCogVideoXAttnProcessor:
         text_rule: ``"global"``, ``"condition"`` or ``"isolated"``.
         skip_dense_mask: when the plan allows every pair with weight 1 and the rule is
             ``"global"``, call SDPA without a mask (exactly the stock computation).
+        kernel: ``"auto"`` (the rule of :func:`~canvas_engineering.kernels.resolve_kernel`),
+            ``"flex"``, ``"tiled"`` or ``"dense"``.
 
     Attributes:
         last_beta: the ``beta`` of the most recent call (None before the first).
         calls: number of calls so far.
 
     Raises:
-        CanvasValidationError: bad ``text_rule``; at call time, a plan whose ``T*H*W`` differs
-            from the number of video tokens, or a ``beta`` that is not a finite number > 0.
+        CanvasValidationError: bad ``text_rule`` or kernel; at call time, a plan whose
+            ``T*H*W`` differs from the number of video tokens, or a ``beta`` that is not a
+            finite number > 0.
     """
 
     def __init__(
-        self, plan: AttentionPlan | None = None, text_rule: TextRule = "global", skip_dense_mask: bool = True
+        self,
+        plan: AttentionPlan | None = None,
+        text_rule: TextRule = "global",
+        skip_dense_mask: bool = True,
+        kernel: str = "auto",
     ) -> None:
         self.plan = _resolve_plan(plan, "CanvasCogVideoXAttnProcessor")
         self.text_rule = _check_text_rule(text_rule, "CanvasCogVideoXAttnProcessor")
         self.skip_dense_mask = skip_dense_mask
+        self.kernel = check_kernel(kernel, "CanvasCogVideoXAttnProcessor")
         self.last_beta: float | None = None
         self.calls = 0
-        self._masks: dict[tuple[Any, ...], tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._masks: dict[tuple[Any, ...], AttentionMask | None] = {}
 
     def __repr__(self) -> str:
         plan = "dense" if self.plan is None else f"plan over {self.plan.num_positions} positions"
         return f"CanvasCogVideoXAttnProcessor({plan}, text_rule={self.text_rule!r})"
 
-    def mask(
-        self,
-        plan: AttentionPlan | None,
-        text_len: int,
-        video_len: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(bias, row_valid)`` for a joint sequence of ``text_len + video_len`` tokens.
+    def joint_mask(self, plan: AttentionPlan | None, text_len: int, video_len: int) -> AttentionMask | None:
+        """The :func:`joint_attention_mask` a call runs (None: no mask, the stock computation).
 
-        Returns:
-            bias: (S, S) additive float mask (log weight, ``-inf`` blocked, 0 on rows with no
-                allowed key), or None when no mask is needed.
-            row_valid: (S,) bool, rows with at least one allowed key, or None when all are.
+        Cached per (plan, text length, video length); the mask caches its device views.
+
+        Raises:
+            CanvasValidationError: the plan's ``T*H*W`` differs from ``video_len``.
         """
         if plan is not None and plan.num_positions != video_len:
             layout = plan.layout
@@ -259,30 +319,45 @@ class CanvasCogVideoXAttnProcessor:
                 "W = latent width / patch_size"
             )
             raise CanvasValidationError(msg)
-        device = torch.device(device)
-        key = (plan, text_len, video_len, device, dtype)
-        if key in self._masks:
-            return self._masks[key]
-        dense = plan is None or _plan_is_dense(plan)
-        if self.text_rule == "global" and dense and self.skip_dense_mask:
-            result: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-        else:
-            L, S = text_len, text_len + video_len
-            weights = torch.ones(S, S, device=device)  # rows: queries [text, video]; columns: keys
-            if plan is not None:
-                weights[L:, L:] = plan.dense_weights(device)
-            if self.text_rule in ("condition", "isolated"):
-                weights[:L, L:] = 0.0  # text does not read the canvas
-            if self.text_rule == "isolated":
-                weights[L:, :L] = 0.0  # the canvas does not read text
-            valid = (weights > 0).any(1)  # (S,)
-            bias = weights.log()
-            bias[~valid] = 0.0  # rows with no key: any finite row; the output is zeroed
-            result = (bias.to(dtype), None if bool(valid.all()) else valid)
-        if len(self._masks) >= 8:
-            self._masks.clear()
-        self._masks[key] = result
-        return result
+        key = (plan, text_len, video_len)
+        if key not in self._masks:
+            dense = plan is None or _plan_is_dense(plan)
+            skip = self.text_rule == "global" and dense and self.skip_dense_mask
+            if len(self._masks) >= 8:  # a few (plan, text length) pairs in use at a time
+                self._masks.clear()
+            self._masks[key] = None if skip else joint_attention_mask(plan, text_len, video_len, self.text_rule, self.kernel)
+        return self._masks[key]
+
+    def mask(
+        self,
+        plan: AttentionPlan | None,
+        text_len: int,
+        video_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Dense ``(bias, row_valid)`` over ``[text, video]`` (CogVideoX's order), for inspection.
+
+        Builds (L + N)^2 floats on every call; the processor itself runs :meth:`joint_mask`
+        through the kernels and never builds this.
+
+        Returns:
+            bias: (S, S) additive float mask (log weight, ``-inf`` blocked, 0 on rows with no
+                allowed key), or None when no mask is needed.
+            row_valid: (S,) bool, rows with at least one allowed key, or None when all are.
+
+        Raises:
+            CanvasValidationError: the plan's ``T*H*W`` differs from ``video_len``.
+        """
+        joint = self.joint_mask(plan, text_len, video_len)
+        if joint is None:
+            return None, None
+        # [video, text] -> [text, video] on both axes
+        weights = torch.roll(joint.dense_weights(), shifts=(text_len, text_len), dims=(0, 1))
+        valid = (weights > 0).any(1)
+        bias = weights.log()
+        bias[~valid] = 0.0  # rows with no key: any finite row; the output is zeroed
+        return bias.to(device, dtype), None if bool(valid.all()) else valid.to(device)
 
     def __call__(
         self,
@@ -294,13 +369,14 @@ class CanvasCogVideoXAttnProcessor:
         beta: float = 1.0,
         canvas_plan: AttentionPlan | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend over ``[text, video]`` and return ``(video (B, N, D), text (B, L, D))``.
+        """Attend over text and video tokens and return ``(video (B, N, D), text (B, L, D))``.
 
         Args:
             attn: the diffusers ``Attention`` module (its projections and q/k norms are used).
             hidden_states: (B, N, D) video tokens.
             encoder_hidden_states: (B, L, D) text tokens.
-            attention_mask: optional extra mask, as ``CogVideoXAttnProcessor2_0`` takes it.
+            attention_mask: optional extra mask, as ``CogVideoXAttnProcessor2_0`` takes it
+                (over ``[text, video]``).
             image_rotary_emb: rotary embeddings of the video tokens (CogVideoX-5B), or None.
             beta: sharpening factor multiplying the attention logits.
             canvas_plan: overrides the processor's plan for this call.
@@ -312,8 +388,16 @@ class CanvasCogVideoXAttnProcessor:
         self.last_beta = beta
         self.calls += 1
         plan = canvas_plan if canvas_plan is not None else self.plan
-        text_len = encoder_hidden_states.size(1)
-        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # (B, S = L + N, D)
+        text_len, video_len = encoder_hidden_states.size(1), hidden_states.size(1)
+        mask = self.joint_mask(plan, text_len, video_len)
+        # Stock order [text, video] without a mask (bit-identical to CogVideoX); the mask's
+        # order [video, text] otherwise (frames start on tile boundaries).
+        if mask is None:
+            x = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # (B, S = L + N, D)
+            video = slice(text_len, None)
+        else:
+            x = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+            video = slice(0, video_len)
         batch, seq, _ = x.shape
 
         query, key, value = attn.to_q(x), attn.to_k(x), attn.to_v(x)  # (B, S, H * hd)
@@ -328,25 +412,32 @@ class CanvasCogVideoXAttnProcessor:
         if image_rotary_emb is not None:  # video tokens only, as in CogVideoXAttnProcessor2_0
             from diffusers.models.embeddings import apply_rotary_emb
 
-            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
+            query[:, :, video] = apply_rotary_emb(query[:, :, video], image_rotary_emb)
             if not attn.is_cross_attention:
-                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
+                key[:, :, video] = apply_rotary_emb(key[:, :, video], image_rotary_emb)
 
-        bias, valid = self.mask(plan, text_len, seq - text_len, query.device, query.dtype)
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-            bias = attention_mask if bias is None else bias + attention_mask
-        scale = None if beta == 1.0 else beta / math.sqrt(head_dim)  # None: SDPA's own 1/sqrt(hd)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False, scale=scale
-        )  # (B, H, S, hd)
-        if valid is not None:
-            out = out * valid.to(out.dtype)[:, None]  # a query with no allowed key gets 0
+        if mask is None:
+            scale = None if beta == 1.0 else beta / math.sqrt(head_dim)  # None: SDPA's own 1/sqrt(hd)
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=scale
+            )  # (B, H, S, hd)
+        elif attention_mask is not None:
+            bias, valid = mask.dense_bias(query.device, query.dtype)
+            extra = torch.roll(attention_mask, shifts=(-text_len, -text_len), dims=(-2, -1))  # -> [video, text]
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias + extra, scale=beta / math.sqrt(head_dim))
+            out = out * valid[:, None]  # a query with no allowed key gets 0
+        else:
+            out = softmax_attention(query, key, value, mask, beta)  # the kernels of CanvasAttention
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)  # (B, S, H * hd)
         out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
-        text, video = out.split([text_len, seq - text_len], dim=1)
-        return video, text
+        if mask is None:
+            text, video_out = out.split([text_len, video_len], dim=1)
+        else:
+            video_out, text = out.split([video_len, text_len], dim=1)
+        return video_out, text
 
 
 def _processor_names(model: nn.Module, where: str) -> list[str]:

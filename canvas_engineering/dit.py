@@ -20,11 +20,13 @@ from torch import nn
 
 from canvas_engineering.backbone import CanvasBackbone
 from canvas_engineering.canvas import SpatiotemporalCanvas, sinusoidal_encoding
-from canvas_engineering.canvas_attention import CanvasAttention
+from canvas_engineering.canvas_attention import CanvasAttention, resolve_plan
+from canvas_engineering.compiler import AttentionPlan, compile_topology
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.kernels import KERNELS, Kernel
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.looped import LoopedBlockWrapper
+from canvas_engineering.plugin_host import PluginRegistry
 from canvas_engineering.topology import CanvasTopology
 
 __all__ = ["CanvasBlock", "CanvasDiT", "TimestepEmbedding"]
@@ -76,8 +78,9 @@ class CanvasBlock(nn.Module):
     at zero, so a fresh block is the identity (DiT's adaLN-Zero).
 
     Args:
-        layout: the canvas layout.
-        topology: the attention graph, compiled once by :class:`CanvasAttention`.
+        layout: the canvas layout, or an already compiled :class:`AttentionPlan` (what
+            :class:`CanvasDiT` passes, so its blocks share one plan).
+        topology: the attention graph (``None`` when ``layout`` is a plan).
         d_model: token width (defaults to ``layout.d_model``).
         n_heads: attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``d_model``.
@@ -85,30 +88,35 @@ class CanvasBlock(nn.Module):
         type_config: per-attention-type options, ``{"local_attention": {"window": 2}}``.
         write_modes: one write mode per connection (``"add"``, ``"gate"``, ``"replace"``; see
             :class:`CanvasAttention`); ``None``: all ``"add"``.
+        registry: the plugin registry the attention types come from (default:
+            :func:`canvas_engineering.plugin_host.get_registry`).
 
     Shapes: ``forward(x (B, N, d), temb (B, d), beta) -> (B, N, d)``.
     """
 
     def __init__(
         self,
-        layout: CanvasLayout,
-        topology: CanvasTopology,
+        layout: CanvasLayout | AttentionPlan,
+        topology: CanvasTopology | None = None,
         d_model: int | None = None,
         n_heads: int = 4,
         mlp_ratio: float = 4.0,
         kernel: Kernel = "auto",
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
         write_modes: Sequence[str] | None = None,
+        *,
+        registry: PluginRegistry | None = None,
     ) -> None:
         super().__init__()
-        d = d_model if d_model is not None else layout.d_model
+        plan = resolve_plan(layout, topology, "CanvasBlock")
+        d = d_model if d_model is not None else plan.layout.d_model
         _positive_int("CanvasBlock", "d_model", d)
         if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
             msg = f"CanvasBlock: mlp_ratio={mlp_ratio!r} must be a positive number"
             raise CanvasValidationError(msg)
         self.d_model = d
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.attn = CanvasAttention(layout, topology, d, n_heads, kernel, type_config, write_modes)
+        self.attn = CanvasAttention(plan, None, d, n_heads, kernel, type_config, write_modes, registry=registry)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         hidden = max(1, round(d * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
@@ -176,8 +184,12 @@ class CanvasDiT(CanvasBackbone):
         input_projection: pass the content through a learned Linear before adding the
             position and region encodings (DiT's patch embedding; without it the noise of
             noised tokens drowns their position encodings).
+        registry: the plugin registry the attention types come from (default:
+            :func:`canvas_engineering.plugin_host.get_registry`).
 
     Attributes:
+        plan: the compiled :class:`AttentionPlan`, compiled once and shared by every block
+            (and so by every loop of a looped block).
         canvas: the :class:`SpatiotemporalCanvas` holding the position/region encodings.
         blocks: the blocks in order (looped ones are :class:`LoopedBlockWrapper`).
 
@@ -211,6 +223,7 @@ class CanvasDiT(CanvasBackbone):
         type_config: Mapping[str, Mapping[str, Any]] | None = None,
         write_modes: Sequence[str] | None = None,
         input_projection: bool = True,
+        registry: PluginRegistry | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(layout, CanvasLayout):
@@ -233,6 +246,7 @@ class CanvasDiT(CanvasBackbone):
         self.layout = layout
         self.topology = topology
         self.d_model = d
+        self.plan = compile_topology(layout, topology)  # once: every block runs this plan
         self.canvas = SpatiotemporalCanvas(layout)
         self.time_embed = TimestepEmbedding(d)
         # Content goes through a learned map before the position encodings are added (as DiT's
@@ -241,7 +255,9 @@ class CanvasDiT(CanvasBackbone):
         self.input_proj = nn.Linear(d, d) if input_projection else nn.Identity()
         blocks: list[nn.Module] = []
         for i in range(depth):
-            block = CanvasBlock(layout, topology, d, n_heads, mlp_ratio, kernel, type_config, write_modes)
+            block = CanvasBlock(
+                self.plan, None, d, n_heads, mlp_ratio, kernel, type_config, write_modes, registry=registry
+            )
             blocks.append(LoopedBlockWrapper(block, max_loops, d, checkpoint) if i in looped else block)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -253,7 +269,7 @@ class CanvasDiT(CanvasBackbone):
 
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         """Predict ``(B, N, d)`` from canvas content ``tokens (B, N, d)`` at ``timestep`` (``(B,)`` or scalar)."""
-        self.canvas._check_canvas(tokens)
+        self.canvas.check_canvas(tokens)
         x = self.canvas.encode(self.input_proj(tokens))  # (B, N, d)
         batch = x.shape[0]
         timestep = torch.as_tensor(timestep, device=x.device)

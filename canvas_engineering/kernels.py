@@ -20,14 +20,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from canvas_engineering.attention_mask import AttentionMask
+from canvas_engineering.attention_mask import KERNELS, AttentionMask, ExtraMask, TilePlan, check_kernel
+from canvas_engineering.errors import CanvasValidationError
 
-__all__ = ["KERNELS", "Kernel", "resolve_kernel", "softmax_attention"]
+__all__ = ["KERNELS", "SMALL_GROUP_PAIRS", "Kernel", "resolve_kernel", "score_attention", "softmax_attention"]
 
 Kernel = Literal["auto", "flex", "tiled", "dense"]
-KERNELS: tuple[str, ...] = ("auto", "flex", "tiled", "dense")
-
-ExtraMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
 #: Groups with at most this many (query, key) pairs run the dense kernel under "auto" on CPU:
@@ -37,13 +35,15 @@ SMALL_GROUP_PAIRS = 1 << 16
 
 def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool, pairs: int | None = None) -> str:
     """Pick the kernel for ``"auto"``: flex on GPU; on CPU tile-packed SDPA, or dense SDPA for
-    groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk when known)."""
-    if kernel not in KERNELS:
-        msg = f"kernel {kernel!r} must be one of {', '.join(KERNELS)}"
-        raise ValueError(msg)
+    groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk when known).
+
+    Raises:
+        CanvasValidationError: unknown kernel, or ``"flex"`` asked to train on the CPU.
+    """
+    check_kernel(kernel, "resolve_kernel")
     if kernel == "flex" and device.type == "cpu" and needs_grad:
         msg = "kernel 'flex' cannot train on CPU (torch refuses FlexAttention backward on CPU); use 'tiled' or 'auto'"
-        raise ValueError(msg)
+        raise CanvasValidationError(msg)
     if kernel != "auto":
         return kernel
     if device.type == "cuda":
@@ -87,18 +87,9 @@ def softmax_attention(
 
 
 def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
-    key = ("dense_bias", extra_mask, q.device, q.dtype)
-    if key not in mask._device_cache:  # built once per (mask, extra mask, device, dtype)
-        weights = mask.dense_weights()
-        if extra_mask is not None:
-            weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
-        valid = (weights > 0).any(1)
-        bias = weights.log()
-        bias[~valid] = 0.0
-        mask._device_cache[key] = (bias.to(q.device, q.dtype)[None, None], valid.to(q.device, q.dtype)[:, None])
-    bias, valid = mask._device_cache[key]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    return out * valid
+    bias, valid = mask.dense_bias(q.device, q.dtype, extra_mask)  # built once per device and dtype
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None, None], scale=scale)
+    return out * valid[:, None]
 
 
 def _blocks(x: torch.Tensor, bs: int, n_blocks: int) -> torch.Tensor:
@@ -113,16 +104,22 @@ def _blocks(x: torch.Tensor, bs: int, n_blocks: int) -> torch.Tensor:
     return x.reshape(x.shape[0] * x.shape[1], n_blocks, bs * x.shape[3])
 
 
-def _assemble(outs: list[torch.Tensor], plan, shape: tuple[int, int, int, int]) -> torch.Tensor:  # noqa: ANN001
-    """Put each bucket's (B*H, nb, bs*hd) output back in query-block order -> (B, H, nq, hd)."""
-    B, H, nq, hd = shape
+def _assemble(outs: list[torch.Tensor], plan: TilePlan, like: torch.Tensor) -> torch.Tensor:
+    """Put each bucket's (B*H, nb, bs*hd) output back in query-block order -> ``like``'s (B, H, nq, hd)."""
+    B, H, nq, hd = like.shape
     if not outs:
-        return torch.zeros(shape)
+        return like.new_zeros(like.shape)
     out = torch.cat(outs, dim=1)
-    if not torch.equal(plan.assembly, torch.arange(plan.n_q_blocks)):  # skipped blocks or out of order
+    if not _in_order(plan):  # skipped blocks or out of order
         zero = outs[0].new_zeros(B * H, 1, outs[0].shape[2])
-        out = torch.cat([out, zero], dim=1)[:, plan.assembly.to(zero.device)]  # (B*H, nqb, bs*hd)
+        out = torch.cat([out, zero], dim=1)[:, plan.assembly]  # (B*H, nqb, bs*hd)
     return out.reshape(B, H, plan.n_q_blocks * plan.block_size, hd)[:, :, :nq]
+
+
+def _in_order(plan: TilePlan) -> bool:
+    """The buckets' outputs already come in query-block order with none missing."""
+    assembly = plan.assembly
+    return bool(assembly.numel() == 0 or (assembly[0] == 0 and (assembly.diff() == 1).all()))
 
 
 def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -134,40 +131,41 @@ def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         kw = torch.stack([kb[:, s : s + nb] for s in k0s], dim=2)
         vw = torch.stack([vb[:, s : s + nb] for s in k0s], dim=2)
         return qw, kw, vw
-    kblk = bucket.k_blocks.to(qb.device)
-    return qb[:, bucket.q_blocks.to(qb.device)], kb[:, kblk], vb[:, kblk]
+    return qb[:, bucket.q_blocks], kb[:, bucket.k_blocks], vb[:, bucket.k_blocks]
 
 
 def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
     B, H, nq, hd = q.shape
     bs = mask.choose_block_size() if extra_mask is None else 64
-    plan = mask.tiles(bs, extra_mask)
+    plan = mask.device_tiles(bs, q.device, q.dtype, extra_mask)  # biases built once per device and dtype
     qb = _blocks(q, bs, plan.n_q_blocks)  # (B*H, nqb, bs*hd)
     kb = _blocks(k, bs, plan.n_k_blocks)  # (B*H, nkb, bs*hd)
     vb = _blocks(v, bs, plan.n_k_blocks)
     outs = []
     for bucket in plan.buckets:
         nb, kn = bucket.k_blocks.shape
-        bias = None if bucket.bias is None else bucket.bias.to(q.device, q.dtype)
+        bias = bucket.bias  # (nb, bs or 1, K*bs) or None
         if kn == plan.n_k_blocks and bucket.band is None:
             # Every key block is in every window: attend the whole key sequence instead of
             # copying it once per query block (dense topologies would otherwise blow up).
             kw = kb.view(B * H, kn * bs, hd)
             vw = vb.view(B * H, kn * bs, hd)
             # 4-D inputs and mask: SDPA's fused CPU kernel takes them (a 3-D mask falls back to math).
-            bias = None if bias is None else bias.reshape(1, 1, nb * bs, kn * bs)
-            qw = qb[:, bucket.q_blocks.to(q.device)].reshape(B * H, 1, nb * bs, hd)
+            if bias is not None:
+                rows = bs if bias.shape[1] == bs or nb > 1 else 1  # one shared row broadcasts as is
+                bias = bias.expand(nb, rows, kn * bs).reshape(1, 1, nb * rows, kn * bs)
+            qw = qb[:, bucket.q_blocks].reshape(B * H, 1, nb * bs, hd)
             o = F.scaled_dot_product_attention(qw, kw[:, None], vw[:, None], attn_mask=bias, scale=scale)
         else:
             qw, kw, vw = _windows(qb, kb, vb, bucket)  # each query block's key window
             qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
-            bias = None if bias is None else bias[None]  # (1, nb, bs, K*bs): 4-D keeps the fused kernel
+            bias = None if bias is None else bias[None]  # (1, nb, bs or 1, K*bs): 4-D keeps the fused kernel
             o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
         o = o.reshape(B * H, nb, bs, hd)
         if bucket.row_valid is not None:
-            o = o * bucket.row_valid.to(q.device, q.dtype)[..., None]
+            o = o * bucket.row_valid[..., None]
         outs.append(o.reshape(B * H, nb, bs * hd))
-    return _assemble(outs, plan, (B, H, nq, hd))
+    return _assemble(outs, plan, q)
 
 
 @functools.cache
@@ -178,47 +176,17 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
 
 
 def _flex(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-    nq, nk = mask.num_queries, mask.num_keys
-    bs = 128
-    plan = mask.tiles(bs)
     device = q.device
-    c = mask.class_table.shape[0]
-    table = torch.zeros(c + 1, c + 1)
-    table[:c, :c] = mask.class_table
-    allowed = (table > 0).to(device)
-    log_w = table.clamp(min=1e-30).log().to(device, q.dtype)
-    q_cls = torch.cat([mask.q_classes, torch.full((plan.n_q_blocks * bs - nq,), c)]).to(device)
-    k_cls = torch.cat([mask.k_classes, torch.full((plan.n_k_blocks * bs - nk,), c)]).to(device)
-
-    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-        ok = allowed[q_cls[q_idx], k_cls[kv_idx]]
-        if extra_mask is not None:
-            ok = ok & extra_mask(q_idx.clamp(max=nq - 1), kv_idx.clamp(max=nk - 1))
-        return ok
-
-    def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-        return score + log_w[q_cls[q_idx], k_cls[kv_idx]]
-
-    full = plan.clean if extra_mask is None else torch.zeros_like(plan.clean)
-    partial = plan.nonempty & ~full
-
-    def as_blocks(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num = tiles.sum(-1).to(torch.int32)
-        idx = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return num[None, None].to(device), idx[None, None].to(device)
-
-    kv_num, kv_idx = as_blocks(partial)
-    full_num, full_idx = as_blocks(full)
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod, seq_lengths=(nq, nk)
-    )
+    block_mask = mask.block_mask(device, extra_mask)  # built once per device (and extra mask)
+    score_mod = mask.score_mod(device, q.dtype)
+    valid = mask.cache.get(("row_has_key", str(device)), lambda: mask.row_has_key.to(device))
     if device.type == "cpu" and not torch.is_grad_enabled():
         q, k, v = q.detach(), k.detach(), v.detach()  # flex refuses inputs that require grad on CPU
     run = _compiled_flex() if device.type == "cuda" else flex_attention  # eager flex is a CPU reference path
     out = run(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-    return out * mask.row_has_key.to(device, q.dtype)[:, None]
+    return out * valid[:, None]
 
 
 Normalizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -248,25 +216,36 @@ def score_attention(
     scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
     name = kernel or mask.kernel
     if name == "dense":
-        weights = mask.dense_weights()
-        if extra_mask is not None:
-            weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
+        weights = mask.cache.get(
+            ("dense_weights", extra_mask, str(q.device), q.dtype), lambda: _dense_weights(mask, extra_mask).to(q.device, q.dtype)
+        )
         logits = (q @ k.transpose(-1, -2)) * scale
-        return normalize(logits, weights.to(q.device, q.dtype)) @ v
+        return normalize(logits, weights) @ v
     B, H, nq, hd = q.shape
     bs = 64
-    plan = mask.tiles(bs, extra_mask if extra_mask is not None else _ALL)
+    extra = extra_mask if extra_mask is not None else _ALL
+    plan = mask.device_tiles(bs, q.device, q.dtype, extra)
     qb, kb, vb = _blocks(q, bs, plan.n_q_blocks), _blocks(k, bs, plan.n_k_blocks), _blocks(v, bs, plan.n_k_blocks)
     outs = []
-    for bucket in plan.buckets:
+    for i, bucket in enumerate(plan.buckets):
         nb, kn = bucket.k_blocks.shape
         qw, kw, vw = _windows(qb, kb, vb, bucket)
         qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
-        weights = bucket.bias.exp() * bucket.row_valid[..., None]  # (nb, bs, K*bs), 0 where blocked
+        weights = mask.cache.get(  # (nb, bs, K*bs), 0 where blocked
+            ("tile_weights", bs, extra, str(q.device), q.dtype, i), lambda b=bucket: b.bias.exp() * b.row_valid[..., None]
+        )
         logits = (qw @ kw.transpose(-1, -2)) * scale
-        o = normalize(logits, weights.to(q.device, q.dtype)) @ vw
+        o = normalize(logits, weights) @ vw
         outs.append(o.reshape(B * H, nb, bs * hd))
-    return _assemble(outs, plan, (B, H, nq, hd))
+    return _assemble(outs, plan, q)
+
+
+def _dense_weights(mask: AttentionMask, extra_mask: ExtraMask) -> torch.Tensor:
+    """(nq, nk) connection weights ANDed with ``extra_mask`` (0 where blocked)."""
+    weights = mask.dense_weights()
+    if extra_mask is not None:
+        weights = weights * extra_mask(torch.arange(mask.num_queries)[:, None], torch.arange(mask.num_keys)[None, :])
+    return weights
 
 
 def _all_keys(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:

@@ -25,20 +25,44 @@ period is ``p`` puts its ``k``-th frame at real time ``t0 + k * p``. For a conne
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from canvas_engineering.attention_types import DEFAULT_ATTENTION, check_attention_type
-from canvas_engineering.errors import ConnectionValidationError
+from canvas_engineering.errors import CanvasValidationError, ConnectionValidationError
 
 if TYPE_CHECKING:
     import torch
 
+    from canvas_engineering.compiler import AttentionPlan
     from canvas_engineering.layout import CanvasLayout
 
-__all__ = ["AttentionOp", "CanvasTopology", "Connection", "TemporalFill"]
+__all__ = ["AttentionOp", "CanvasTopology", "Connection", "TemporalFill", "set_plan_compiler"]
+
+#: ``(layout, topology) -> AttentionPlan``, registered by the compilation layer when it is
+#: imported (``canvas_engineering.compiler`` registers ``compile_topology``). Declarations never
+#: import the compiler, so the two 0.1.0 mask methods of :class:`CanvasTopology` reach it here.
+PlanCompiler = Callable[["CanvasLayout", "CanvasTopology"], "AttentionPlan"]
+_plan_compiler: PlanCompiler | None = None
+
+
+def set_plan_compiler(compiler: PlanCompiler | None) -> None:
+    """Register the function :meth:`CanvasTopology.to_attention_mask` and
+    :meth:`CanvasTopology.to_additive_mask` compile with (``None`` unregisters it)."""
+    global _plan_compiler
+    _plan_compiler = compiler
+
+
+def _compiled(layout: CanvasLayout, topology: CanvasTopology) -> AttentionPlan:
+    if _plan_compiler is None:
+        msg = (
+            "CanvasTopology mask methods need the compiler: import canvas_engineering (or "
+            "canvas_engineering.compiler), or call canvas_engineering.compile_topology(layout, topology)"
+        )
+        raise CanvasValidationError(msg)
+    return _plan_compiler(layout, topology)
 
 
 class TemporalFill(str, Enum):
@@ -261,16 +285,19 @@ class CanvasTopology:
                     raise ConnectionValidationError(msg)
 
     def to_attention_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) float mask: the connection weight where query i may attend key j, else 0."""
-        from canvas_engineering.compiler import compile_topology
+        """(N, N) float mask: the connection weight where query i may attend key j, else 0.
 
-        return compile_topology(layout, self).dense_weights(device)
+        The 0.1.0 spelling of :func:`canvas_engineering.compiler.compile_attention_mask`
+        (compiles through the registered compiler, see :func:`set_plan_compiler`).
+        """
+        return _compiled(layout, self).dense_weights(device)
 
     def to_additive_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) additive mask: 0 where allowed, -inf where blocked; a query with no key attends itself."""
-        from canvas_engineering.compiler import compile_topology
+        """(N, N) additive mask: 0 where allowed, -inf where blocked; a query with no key attends itself.
 
-        return compile_topology(layout, self).additive_mask(device)
+        The 0.1.0 spelling of :func:`canvas_engineering.compiler.compile_additive_mask`.
+        """
+        return _compiled(layout, self).additive_mask(device)
 
     def summary(self) -> str:
         """One line per connection."""

@@ -9,12 +9,10 @@ the averaged weights (Lightning swaps them in), and checkpoints carry the averag
 
 from __future__ import annotations
 
-import math
-
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_finite_float, check_non_negative_int
 
 __all__ = ["EMAWeights"]
 
@@ -32,13 +30,10 @@ class EMAWeights(WeightAveraging):
     """
 
     def __init__(self, decay: float = 0.995, start_step: int = 0) -> None:
-        number = isinstance(decay, (int, float)) and not isinstance(decay, bool)
-        if not number or not math.isfinite(decay) or not 0 < decay < 1:
-            msg = f"EMAWeights: decay={decay!r} must be a number in (0, 1)"
-            raise CanvasValidationError(msg)
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            msg = f"EMAWeights: start_step={start_step!r} must be an integer >= 0"
-            raise CanvasValidationError(msg)
+        check_finite_float(
+            decay, "EMAWeights: decay", minimum=0, maximum=1, open_min=True, open_max=True, rule="a number in (0, 1)"
+        )
+        check_non_negative_int(start_step, "EMAWeights: start_step")
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(float(decay)))
         self.decay = float(decay)
         self.start_step = start_step

@@ -22,7 +22,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.loop_checkpoint import save_loop_checkpoint
+from canvas_engineering.validation import check_non_negative_int
 
 __all__ = ["LoopCheckpoint", "RNGState"]
 
@@ -65,7 +67,7 @@ class LoopCheckpoint(Callback):
         last_saved_step: ``global_step`` of the latest periodic file (-1 before any).
 
     Raises:
-        ValueError: an argument is out of range, ``filename`` has a placeholder other than
+        CanvasValidationError: an argument is out of range, ``filename`` has a placeholder other than
             ``{step}``/``{epoch}``, or nothing would ever be saved.
 
     Example::
@@ -88,13 +90,11 @@ class LoopCheckpoint(Callback):
         super().__init__()
         if not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath):
             msg = f"LoopCheckpoint: dirpath={dirpath!r} must be a non-empty path"
-            raise ValueError(msg)
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
-            msg = f"LoopCheckpoint: every_n_steps={every_n_steps!r} must be an integer >= 0"
-            raise ValueError(msg)
+            raise CanvasValidationError(msg)
+        check_non_negative_int(every_n_steps, "LoopCheckpoint: every_n_steps")
         if every_n_steps == 0 and not save_last:
             msg = "LoopCheckpoint: every_n_steps=0 and save_last=False would never save; enable one of them"
-            raise ValueError(msg)
+            raise CanvasValidationError(msg)
         for name, template in (("filename", filename), ("last_filename", last_filename)):
             try:
                 rendered = str(template).format(step=0, epoch=0)
@@ -102,10 +102,10 @@ class LoopCheckpoint(Callback):
                 msg = (
                     f"LoopCheckpoint: {name}={template!r} is not a valid template ({err!r}); use {{step}} and {{epoch}}"
                 )
-                raise ValueError(msg) from None
+                raise CanvasValidationError(msg) from None
             if not rendered or Path(rendered).name != rendered:
                 msg = f"LoopCheckpoint: {name}={template!r} must be a file name without directories"
-                raise ValueError(msg)
+                raise CanvasValidationError(msg)
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.save_last = bool(save_last)

@@ -22,15 +22,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from canvas_engineering.errors import CanvasValidationError, IncompatibleModelError
 from canvas_engineering.schedules import CurriculumScheduler, SharpeningSchedule, SharpeningShape
+from canvas_engineering.validation import check_choice, check_finite_float, check_int, check_non_negative_int
 
 __all__ = ["AttentionSharpening", "LoopCurriculum"]
 
 
-def _check_optional_int(owner: str, name: str, value: object, low: int) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-        msg = f"{owner}: {name}={value!r} must be None or an integer >= {low}"
-        raise ValueError(msg)
+def _check_optional_positive_int(owner: str, name: str, value: object) -> None:
+    if value is not None:
+        check_int(value, f"{owner}: {name}", minimum=1, rule="None or an integer >= 1")
 
 
 def _model_max_loops(owner: str, pl_module: pl.LightningModule, method: str, requested: int | None) -> int:
@@ -48,7 +49,7 @@ def _model_max_loops(owner: str, pl_module: pl.LightningModule, method: str, req
             f"{owner} needs a LightningModule with {method}() and max_loops (e.g. CanvasModule); "
             f"{type(pl_module).__name__} has no {' and no '.join(missing)}"
         )
-        raise TypeError(msg)
+        raise IncompatibleModelError(msg)
     available = int(pl_module.max_loops)
     if requested is None:
         return available
@@ -57,7 +58,7 @@ def _model_max_loops(owner: str, pl_module: pl.LightningModule, method: str, req
             f"{owner}: max_loops={requested} exceeds the model's max_loops={available}; "
             f"build the model with max_loops={requested} or pass max_loops<={available}"
         )
-        raise ValueError(msg)
+        raise CanvasValidationError(msg)
     return requested
 
 
@@ -72,7 +73,7 @@ def _default_total_steps(owner: str, trainer: pl.Trainer) -> int:
             f"{owner}: total_steps=None but the trainer's length is unknown ({total}: max_steps={trainer.max_steps}, "
             f"max_epochs={trainer.max_epochs}); pass total_steps= or set Trainer(max_steps=...)"
         )
-        raise ValueError(msg)
+        raise CanvasValidationError(msg)
     return int(total)
 
 
@@ -126,9 +127,9 @@ class LoopCurriculum(_RestoresOutsideFit):
         last_step: the ``global_step`` it was set for (-1 before any).
 
     Raises:
-        ValueError: an argument is out of range; at fit start, ``max_loops`` exceeds the
+        CanvasValidationError: an argument is out of range; at fit start, ``max_loops`` exceeds the
             model's, or ``total_steps`` is ``None`` and the trainer has no finite length.
-        TypeError: at fit start, the LightningModule has no ``set_loops`` / ``max_loops``.
+        IncompatibleModelError: at fit start, the LightningModule has no ``set_loops`` / ``max_loops``.
 
     Example::
 
@@ -143,15 +144,18 @@ class LoopCurriculum(_RestoresOutsideFit):
         self, max_loops: int | None = None, total_steps: int | None = None, warmup_fraction: float = 0.0
     ) -> None:
         super().__init__()
-        _check_optional_int("LoopCurriculum", "max_loops", max_loops, 1)
-        _check_optional_int("LoopCurriculum", "total_steps", total_steps, 1)
-        ok = isinstance(warmup_fraction, (int, float)) and not isinstance(warmup_fraction, bool)
-        if not ok or not 0.0 <= warmup_fraction < 1.0:
-            msg = f"LoopCurriculum: warmup_fraction={warmup_fraction!r} must be a number in [0, 1)"
-            raise ValueError(msg)
+        _check_optional_positive_int("LoopCurriculum", "max_loops", max_loops)
+        _check_optional_positive_int("LoopCurriculum", "total_steps", total_steps)
+        self.warmup_fraction = check_finite_float(
+            warmup_fraction,
+            "LoopCurriculum: warmup_fraction",
+            minimum=0,
+            maximum=1,
+            open_max=True,
+            rule="a number in [0, 1)",
+        )
         self.max_loops = max_loops
         self.total_steps = total_steps
-        self.warmup_fraction = float(warmup_fraction)
         self.scheduler: CurriculumScheduler | None = None
         self.current_loops = 0
         self.last_step = -1
@@ -256,8 +260,8 @@ class AttentionSharpening(_RestoresOutsideFit):
         last_step: the ``global_step`` they were set for (-1 before any).
 
     Raises:
-        ValueError: an argument is out of range; at fit start, ``max_loops`` exceeds the model's.
-        TypeError: at fit start, the LightningModule has no ``set_betas`` / ``max_loops``.
+        CanvasValidationError: an argument is out of range; at fit start, ``max_loops`` exceeds the model's.
+        IncompatibleModelError: at fit start, the LightningModule has no ``set_betas`` / ``max_loops``.
 
     Example::
 
@@ -277,22 +281,13 @@ class AttentionSharpening(_RestoresOutsideFit):
         max_loops: int | None = None,
     ) -> None:
         super().__init__()
-        _check_optional_int("AttentionSharpening", "max_loops", max_loops, 1)
-        for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-            if not ok:
-                msg = f"AttentionSharpening: {name}={value!r} must be a finite number > 0"
-                raise ValueError(msg)
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            msg = f"AttentionSharpening: warmup_steps={warmup_steps!r} must be an integer >= 0"
-            raise ValueError(msg)
-        if schedule not in get_args(SharpeningShape):
-            msg = f"AttentionSharpening: schedule={schedule!r} must be one of {', '.join(get_args(SharpeningShape))}"
-            raise ValueError(msg)
-        self.beta_min = float(beta_min)
-        self.beta_max = float(beta_max)
-        self.warmup_steps = warmup_steps
-        self.schedule: SharpeningShape = schedule
+        _check_optional_positive_int("AttentionSharpening", "max_loops", max_loops)
+        self.beta_min = check_finite_float(beta_min, "AttentionSharpening: beta_min", minimum=0, open_min=True)
+        self.beta_max = check_finite_float(beta_max, "AttentionSharpening: beta_max", minimum=0, open_min=True)
+        self.warmup_steps = check_non_negative_int(warmup_steps, "AttentionSharpening: warmup_steps")
+        self.schedule: SharpeningShape = check_choice(
+            schedule, "AttentionSharpening: schedule", get_args(SharpeningShape)
+        )
         self.max_loops = max_loops
         self.schedule_: SharpeningSchedule | None = None
         self.current_betas: list[float] = []

@@ -31,8 +31,10 @@ from typing_extensions import override
 
 from canvas_engineering._atomic import atomic_write_bytes
 from canvas_engineering.compiler import compile_topology
+from canvas_engineering.errors import CanvasValidationError, IncompatibleModelError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
+from canvas_engineering.validation import check_int, check_positive_int
 from canvas_engineering.viz import layout_figure, mask_figure
 
 if TYPE_CHECKING:
@@ -93,12 +95,12 @@ def prediction_figure(
         A matplotlib figure (the caller closes it).
 
     Raises:
-        ValueError: ``target`` and ``predicted`` differ in shape.
+        CanvasValidationError: ``target`` and ``predicted`` differ in shape.
 
     """
     if tuple(target.shape) != tuple(predicted.shape):
         msg = f"prediction_figure({name!r}): target {tuple(target.shape)} and predicted {tuple(predicted.shape)} differ"
-        raise ValueError(msg)
+        raise CanvasValidationError(msg)
     plt = _pyplot()
     target, predicted = target.detach().float().cpu(), predicted.detach().float().cpu()
     samples, frames = target.shape[:2]
@@ -169,8 +171,8 @@ class CanvasPictures(Callback):
         save_dir: also write PNG files to this directory (``None``: TensorBoard only).
 
     Raises:
-        ValueError: an argument is out of range.
-        TypeError: at fit start, the LightningModule lacks ``layout``, ``schema``, ``formats``
+        CanvasValidationError: an argument is out of range.
+        IncompatibleModelError: at fit start, the LightningModule lacks ``layout``, ``schema``, ``formats``
             or ``sample`` (it should be a ``CanvasModule``).
 
     Example::
@@ -197,12 +199,8 @@ class CanvasPictures(Callback):
             ("num_samples", num_samples),
             ("num_inference_steps", num_inference_steps),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                msg = f"CanvasPictures: {name}={value!r} must be an integer >= 1"
-                raise ValueError(msg)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            msg = f"CanvasPictures: seed={seed!r} must be an integer"
-            raise ValueError(msg)
+            check_positive_int(value, f"CanvasPictures: {name}")
+        check_int(seed, "CanvasPictures: seed")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.num_inference_steps = num_inference_steps
@@ -249,7 +247,7 @@ class CanvasPictures(Callback):
                 f"CanvasPictures needs a CanvasModule-like LightningModule; {type(pl_module).__name__} "
                 f"has no {', '.join(missing)}"
             )
-            raise TypeError(msg)
+            raise IncompatibleModelError(msg)
 
     # -- hooks ---------------------------------------------------------------------------
 

@@ -14,21 +14,17 @@ in its own section.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 __all__ = [
-    "BatchValidationError",
     "CanvasError",
     "CanvasValidationError",
     "ConnectionValidationError",
     "FieldValidationError",
+    "IncompatibleModelError",
     "LayoutValidationError",
     "LoopCheckpointError",
     "MissingDependencyError",
-    "NonFiniteLossError",
     "PackingError",
-    "ProgramCycleError",
-    "ProgramValidationError",
     "RegionValidationError",
     "SchemaValidationError",
     "TypedSchemaError",
@@ -54,6 +50,10 @@ class CanvasError(Exception):
 
 class MissingDependencyError(CanvasError, ImportError):
     """An optional dependency (an extra such as ``[data]`` or ``[viz]``) is not installed."""
+
+
+class IncompatibleModelError(CanvasError, TypeError):
+    """An object lacks the interface a component needs (e.g. a callback given a module without ``set_loops``)."""
 
 
 # ==================================================================================
@@ -172,34 +172,3 @@ class VideoFolderError(CanvasValidationError):
 # ==================================================================================
 # training (module.py, program.py, plugin host): moved here by their owners
 # ==================================================================================
-
-# -- canvas programs (canvas_engineering.program) and CanvasModule (module.py) --------
-# Owned by the program/training layer; re-exported from canvas_engineering.program and
-# canvas_engineering.module so old imports keep working.
-
-
-class ProgramValidationError(CanvasValidationError):
-    """A :class:`~canvas_engineering.CanvasProgram` breaks a rule; the message names the region or connection."""
-
-
-class ProgramCycleError(ProgramValidationError):
-    """An ``acyclic`` program's cross-region connections form a cycle.
-
-    Attributes:
-        connections: indices of the connections on the cycle, in order.
-
-    """
-
-    def __init__(self, message: str, connections: Sequence[int] = ()) -> None:
-        super().__init__(message)
-        self.connections = tuple(connections)
-
-
-class BatchValidationError(CanvasValidationError):
-    """A batch lacks a region or holds a tensor of the wrong shape."""
-
-
-class NonFiniteLossError(CanvasError, RuntimeError):
-    """The training loss became NaN or infinite; training stops before anything is saved."""
-
-# -- end of canvas programs and CanvasModule ---------------------------------------------

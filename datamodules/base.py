@@ -25,7 +25,6 @@ and call :meth:`~CanvasDataModule._init_canvas` at the end of their ``__init__``
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from canvas_engineering.future_metrics import BASELINES_KEY
 from canvas_engineering.region_codecs import RegionFormat, expected_shape, parse_region_formats
 from canvas_engineering.schema import CanvasSchema
 from canvas_engineering.topology import CanvasTopology, TemporalFill
+from canvas_engineering.validation import check_bool, check_choice, check_finite_float, check_int
 
 __all__ = ["BaselineDataset", "CanvasDataModule", "Split", "TensorDictDataset", "TopologyKind", "split_rng"]
 
@@ -154,19 +154,17 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
 
     # -- argument validation ----------------------------------------------------------------
 
+    def _field(self, name: str) -> str:
+        return f"{type(self).__name__}.{name}"
+
     def _fail(self, name: str, value: object, rule: str) -> None:
-        msg = f"{type(self).__name__}.{name}={value!r} {rule}"
+        # For the rules no shared check covers (multiples, sums of arguments, ...).
+        msg = f"{self._field(name)}={value!r} {rule}"
         raise CanvasValidationError(msg)
 
     def check_int(self, name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> None:
         """Raise :class:`CanvasValidationError` unless ``value`` is an int in ``[minimum, maximum]``."""
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-        if not ok:
-            lo = f">= {minimum}" if minimum is not None else ""
-            hi = f"<= {maximum}" if maximum is not None else ""
-            bounds = " and ".join(p for p in (lo, hi) if p)
-            self._fail(name, value, f"must be an integer{' ' + bounds if bounds else ''}")
+        check_int(value, self._field(name), minimum=minimum, maximum=maximum)
 
     def check_float(
         self,
@@ -178,21 +176,15 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
         open_min: bool = False,
     ) -> None:
         """Raise unless ``value`` is a finite number in ``[minimum, maximum]`` (``(minimum, ...`` if ``open_min``)."""
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and minimum is not None:
-            ok = value > minimum if open_min else value >= minimum
-        if ok and maximum is not None:
-            ok = value <= maximum
-        if not ok:
-            lo = "" if minimum is None else f"{'>' if open_min else '>='} {minimum}"
-            hi = "" if maximum is None else f"<= {maximum}"
-            bounds = " and ".join(p for p in (lo, hi) if p)
-            self._fail(name, value, f"must be a finite number{' ' + bounds if bounds else ''}")
+        check_finite_float(value, self._field(name), minimum=minimum, maximum=maximum, open_min=open_min)
 
     def check_choice(self, name: str, value: object, choices: Sequence[object]) -> None:
         """Raise unless ``value`` is one of ``choices``."""
-        if isinstance(value, bool) or value not in choices:
-            self._fail(name, value, f"must be one of {', '.join(map(repr, choices))}")
+        check_choice(value, self._field(name), choices)
+
+    def check_bool(self, name: str, value: object) -> None:
+        """Raise unless ``value`` is a ``bool``."""
+        check_bool(value, self._field(name))
 
     # -- the canvas -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import torch
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import MissingDependencyError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
@@ -45,7 +46,7 @@ def _make_env(max_episode_steps: int, reward_mode: str):  # noqa: ANN202
         import gymnasium as gym
     except ImportError as err:
         msg = "CartPoleDataModule needs gymnasium: pip install 'canvas-engineering[data]'"
-        raise ImportError(msg) from err
+        raise MissingDependencyError(msg) from err
     return gym.make("CartPole-v1", max_episode_steps=max_episode_steps, sutton_barto_reward=reward_mode == "failure")
 
 
@@ -133,7 +134,7 @@ class CartPoleDataModule(CanvasDataModule):
 
     Raises:
         CanvasValidationError: a bad argument, named with its value.
-        ImportError: gymnasium is not installed (when data is built).
+        MissingDependencyError: gymnasium is not installed (when data is built).
     """
 
     def __init__(
@@ -158,8 +159,7 @@ class CartPoleDataModule(CanvasDataModule):
         self.check_float("random_action_prob", random_action_prob, minimum=0.0, maximum=1.0)
         self.check_int("max_episode_steps", max_episode_steps, minimum=frames)
         self.check_choice("reward_mode", reward_mode, ("failure", "survival"))
-        if not isinstance(normalize, bool):
-            self._fail("normalize", normalize, "must be a bool")
+        self.check_bool("normalize", normalize)
         if t_current is not None:
             self.check_int("t_current", t_current, minimum=0, maximum=frames)
         self.check_choice("topology", topology, ("causal_temporal", "dense"))

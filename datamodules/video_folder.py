@@ -24,7 +24,7 @@ from canvas_engineering.datamodules.base import CanvasDataModule, Split, Topolog
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import Dataset
 
-from canvas_engineering.errors import VideoFolderError
+from canvas_engineering.errors import MissingDependencyError, VideoFolderError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
@@ -40,7 +40,7 @@ def _av():  # noqa: ANN202
         import av
     except ImportError as err:
         msg = "VideoFolderDataModule needs PyAV: pip install 'canvas-engineering[data]'"
-        raise ImportError(msg) from err
+        raise MissingDependencyError(msg) from err
     return av
 
 
@@ -202,8 +202,7 @@ class VideoFolderDataModule(CanvasDataModule):
         self.check_float("test_fraction", test_fraction, minimum=0.0, maximum=1.0, open_min=True)
         if val_fraction + test_fraction >= 1:
             self._fail("test_fraction", test_fraction, f"plus val_fraction={val_fraction!r} must be < 1")
-        if not isinstance(recursive, bool):
-            self._fail("recursive", recursive, "must be a bool")
+        self.check_bool("recursive", recursive)
         if t_current is not None:
             self.check_int("t_current", t_current, minimum=0, maximum=frames)
         self.check_choice("topology", topology, ("causal_temporal", "dense"))

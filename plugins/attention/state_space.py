@@ -27,7 +27,8 @@ from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask, ClassView
 from canvas_engineering.attention_type import AttentionType
-from canvas_engineering.plugins.attention.summaries import check_option, class_mean, is_int, mask_cached, zero_invalid
+from canvas_engineering.plugins.attention.summaries import class_mean, mask_cached, option_field, zero_invalid
+from canvas_engineering.validation import check_int, check_positive_int
 
 __all__ = ["HyenaAttention", "MambaAttention", "RWKVAttention"]
 
@@ -83,9 +84,9 @@ class MambaAttention(AttentionType):
         self, d_model: int, n_heads: int, d_state: int = 8, d_inner: int | None = None, **config: Any  # noqa: ANN401
     ) -> None:
         super().__init__(d_model, n_heads, **config)
-        check_option(self.name, "d_state", d_state, is_int(d_state) and d_state >= 1, "must be an integer >= 1")
-        ok = d_inner is None or (is_int(d_inner) and d_inner >= 1)
-        check_option(self.name, "d_inner", d_inner, ok, "must be an integer >= 1 or None")
+        check_positive_int(d_state, option_field(self.name, "d_state"))
+        if d_inner is not None:
+            check_int(d_inner, option_field(self.name, "d_inner"), minimum=1, rule="an integer >= 1 or None")
         di = d_model if d_inner is None else d_inner
         self.d_state, self.d_inner = d_state, di
         self.in_proj = nn.Linear(d_model, di)
@@ -229,9 +230,8 @@ class HyenaAttention(AttentionType):
         self, d_model: int, n_heads: int, filter_hidden: int = 32, n_freqs: int = 8, **config: Any  # noqa: ANN401
     ) -> None:
         super().__init__(d_model, n_heads, **config)
-        ok = is_int(filter_hidden) and filter_hidden >= 1
-        check_option(self.name, "filter_hidden", filter_hidden, ok, "must be an integer >= 1")
-        check_option(self.name, "n_freqs", n_freqs, is_int(n_freqs) and n_freqs >= 1, "must be an integer >= 1")
+        check_positive_int(filter_hidden, option_field(self.name, "filter_hidden"))
+        check_positive_int(n_freqs, option_field(self.name, "n_freqs"))
         self.n_freqs = n_freqs
         self.in_proj = nn.Linear(d_model, d_model)
         self.filter_mlp = nn.Sequential(

@@ -28,6 +28,7 @@ from torch import nn
 from canvas_engineering.attention_mask import AttentionMask, ClassView
 from canvas_engineering.attention_type import AttentionType, QKVAttentionType
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_finite_float, check_positive_int
 
 __all__ = ["CopyAttention", "LinearAttention", "NoneAttention", "PerceiverAttention", "PoolingAttention"]
 
@@ -37,16 +38,9 @@ __all__ = ["CopyAttention", "LinearAttention", "NoneAttention", "PerceiverAttent
 _CACHE: weakref.WeakKeyDictionary[AttentionMask, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 
 
-def check_option(name: str, option: str, value: Any, ok: bool, rule: str) -> None:  # noqa: ANN401
-    """Raise :class:`CanvasValidationError` naming the type and the option."""
-    if not ok:
-        msg = f"attention type {name!r}: option {option}={value!r} {rule}"
-        raise CanvasValidationError(msg)
-
-
-def is_int(value: object) -> bool:
-    """An ``int`` that is not a ``bool``."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def option_field(name: str, option: str) -> str:
+    """The label an attention type's option is named by in errors: ``attention type 'x': option eps``."""
+    return f"attention type {name!r}: option {option}"
 
 
 def mask_cached(mask: AttentionMask, key: str, device: torch.device, build: Callable[[ClassView], tuple]) -> tuple:
@@ -138,9 +132,7 @@ class LinearAttention(QKVAttentionType):
 
     def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6, **config: Any) -> None:  # noqa: ANN401
         super().__init__(d_model, n_heads, **config)
-        ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0
-        check_option(self.name, "eps", eps, ok, "must be a finite number > 0")
-        self.eps = float(eps)
+        self.eps = check_finite_float(eps, option_field(self.name, "eps"), minimum=0, open_min=True)
 
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
@@ -317,7 +309,7 @@ class PerceiverAttention(QKVAttentionType):
 
     def __init__(self, d_model: int, n_heads: int, n_latents: int = 4, **config: Any) -> None:  # noqa: ANN401
         super().__init__(d_model, n_heads, **config)
-        check_option(self.name, "n_latents", n_latents, is_int(n_latents) and n_latents >= 1, "must be an integer >= 1")
+        check_positive_int(n_latents, option_field(self.name, "n_latents"))
         self.n_latents = n_latents
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * d_model**-0.5)
         self.lat_k = nn.Linear(d_model, d_model)

@@ -24,6 +24,7 @@ from canvas_engineering.cogvideox import (
 )
 from canvas_engineering.compiler import compile_topology
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_choice, check_positive_int
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.topology import CanvasTopology
 
@@ -80,12 +81,8 @@ class CogVideoXBackbone(CanvasBackbone):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if freeze not in FREEZE_STRATEGIES:
-            msg = f"backbone 'cogvideox': freeze={freeze!r} must be one of {', '.join(map(repr, FREEZE_STRATEGIES))}"
-            raise CanvasValidationError(msg)
-        if isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or text_tokens < 1:
-            msg = f"backbone 'cogvideox': text_tokens={text_tokens!r} must be an integer >= 1"
-            raise CanvasValidationError(msg)
+        check_choice(freeze, "backbone 'cogvideox': freeze", FREEZE_STRATEGIES)
+        check_positive_int(text_tokens, "backbone 'cogvideox': text_tokens")
         self.layout = layout
         self.topology = topology
         self.plan = compile_topology(layout, topology)

@@ -14,8 +14,10 @@ in its own section.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 __all__ = [
+    "BatchValidationError",
     "CanvasError",
     "CanvasValidationError",
     "ConnectionValidationError",
@@ -24,7 +26,10 @@ __all__ = [
     "LayoutValidationError",
     "LoopCheckpointError",
     "MissingDependencyError",
+    "NonFiniteLossError",
     "PackingError",
+    "ProgramCycleError",
+    "ProgramValidationError",
     "RegionValidationError",
     "SchemaValidationError",
     "TypedSchemaError",
@@ -172,3 +177,34 @@ class VideoFolderError(CanvasValidationError):
 # ==================================================================================
 # training (module.py, program.py, plugin host): moved here by their owners
 # ==================================================================================
+
+# -- canvas programs (canvas_engineering.program) and CanvasModule (module.py) --------
+# Owned by the program/training layer; re-exported from canvas_engineering.program and
+# canvas_engineering.module so old imports keep working.
+
+
+class ProgramValidationError(CanvasValidationError):
+    """A :class:`~canvas_engineering.CanvasProgram` breaks a rule; the message names the region or connection."""
+
+
+class ProgramCycleError(ProgramValidationError):
+    """An ``acyclic`` program's cross-region connections form a cycle.
+
+    Attributes:
+        connections: indices of the connections on the cycle, in order.
+
+    """
+
+    def __init__(self, message: str, connections: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.connections = tuple(connections)
+
+
+class BatchValidationError(CanvasValidationError):
+    """A batch lacks a region or holds a tensor of the wrong shape."""
+
+
+class NonFiniteLossError(CanvasError, RuntimeError):
+    """The training loss became NaN or infinite; training stops before anything is saved."""
+
+# -- end of canvas programs and CanvasModule ---------------------------------------------

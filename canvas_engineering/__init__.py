@@ -41,8 +41,10 @@ from canvas_engineering.loop_checkpoint import load_loop_checkpoint, save_loop_c
 from canvas_engineering.looped import LoopedBlockWrapper
 from canvas_engineering.plugin_host import (
     DuplicateRegistrationError,
+    PluginHost,
     PluginLoadWarning,
     UnknownPluginError,
+    default_host,
     get_registry,
     hookimpl,
     register_plugin,
@@ -132,6 +134,7 @@ __all__ = [
     "LoopCheckpointError",
     "LoopedBlockWrapper",
     "PackingError",
+    "PluginHost",
     "PluginLoadWarning",
     "ProgramCycleError",
     "ProgramValidationError",
@@ -154,6 +157,7 @@ __all__ = [
     "compile_schema",
     "compile_topology",
     "compute_semantic_embeddings",
+    "default_host",
     "freeze_full",
     "freeze_half",
     "freeze_none",

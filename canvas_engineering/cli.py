@@ -7,6 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from canvas_engineering.plugin_host import get_registry
+
+if TYPE_CHECKING:
+    from canvas_engineering.plugin_registry import PluginRegistry
 
 __all__ = ["main"]
 
@@ -48,16 +54,15 @@ def _schema(args: argparse.Namespace) -> int:
         stem = Path(args.png)
         stem.parent.mkdir(parents=True, exist_ok=True)
         save_figure(layout_figure(schema.layout), stem.with_name(stem.stem + "_layout.png"))
-        save_figure(mask_figure(compile_topology(schema.layout, schema.topology)), stem.with_name(stem.stem + "_mask.png"))
+        plan = compile_topology(schema.layout, schema.topology)
+        save_figure(mask_figure(plan), stem.with_name(stem.stem + "_mask.png"))
     return 0
 
 
-def _plugins(args: argparse.Namespace) -> int:
-    from canvas_engineering.plugin_host import get_registry
-
+def _plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
     rows = [
         {"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version, "source": e.source}
-        for e in get_registry().entries()
+        for e in registry.entries()
     ]
     if args.json:  # exactly the documented keys; the table also shows the source module
         keys = ("name", "kind", "distribution", "version")
@@ -65,7 +70,7 @@ def _plugins(args: argparse.Namespace) -> int:
         return 0
     cols = ["kind", "name", "distribution", "version", "source"]
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}
-    for row in [dict(zip(cols, cols))] + rows:
+    for row in [dict(zip(cols, cols, strict=True))] + rows:
         print("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
     return 0
 
@@ -73,7 +78,7 @@ def _plugins(args: argparse.Namespace) -> int:
 TOOLS = ("demo", "schema", "plugins")
 
 
-def _tools(argv: Sequence[str]) -> int:
+def _tools(argv: Sequence[str], registry: PluginRegistry | None) -> int:
     parser = argparse.ArgumentParser(prog="canvas-engineering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="declare the seed's robot canvas, print it and draw it")
@@ -85,25 +90,35 @@ def _tools(argv: Sequence[str]) -> int:
     schema.set_defaults(run=_schema)
     plugins = sub.add_parser("plugins", help="list the registered attention types, backbones and datamodules")
     plugins.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    plugins.set_defaults(run=_plugins)
+    plugins.set_defaults(run=lambda args: _plugins(args, registry if registry is not None else get_registry()))
     args = parser.parse_args(argv)
     return args.run(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, registry: PluginRegistry | None = None) -> int:
     """Entry point of the ``canvas-engineering`` console script.
 
     ``demo``, ``schema`` and ``plugins`` are our own tools; everything else (``fit``,
     ``validate``, ``test``, ``predict``, ``--help``) goes to the LightningCLI of
     :mod:`canvas_engineering.lightning_cli`, whose ``fit`` trains the packaged quick start
     when no ``--config`` is given.
+
+    Args:
+        argv: the arguments, like ``sys.argv[1:]`` (``None``: read ``sys.argv``).
+        registry: the plugin registry ``plugins`` lists and the LightningCLI loads its
+            datamodules from; ``None``: the default plugin host's (loaded on first use).
+
+    Returns:
+        The process exit code.
+
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
-        return _tools(args)
+        return _tools(args, registry)
+    # Lazy: the training stack (lightning) is only needed past this point.
     from canvas_engineering.lightning_cli import run_lightning_cli
 
-    run_lightning_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    run_lightning_cli(None if argv is None else args, registry=registry)  # None: LightningCLI reads sys.argv
     return 0
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import pluggy
+
 __all__ = [
     "BatchValidationError",
     "CanvasError",
     "CanvasValidationError",
     "ConnectionValidationError",
+    "DuplicateRegistrationError",
     "FieldValidationError",
     "IncompatibleModelError",
     "LayoutValidationError",
@@ -28,12 +31,18 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteLossError",
     "PackingError",
+    "PluginError",
+    "PluginHostReentryError",
+    "PluginLoadWarning",
+    "PluginRegistrationError",
     "ProgramCycleError",
     "ProgramValidationError",
     "RegionValidationError",
     "SchemaValidationError",
     "TypedSchemaError",
     "UnknownAttentionTypeError",
+    "UnknownHookError",
+    "UnknownPluginError",
     "UnknownRegionError",
     "VideoFolderError",
 ]
@@ -208,3 +217,93 @@ class NonFiniteLossError(CanvasError, RuntimeError):
     """The training loss became NaN or infinite; training stops before anything is saved."""
 
 # -- end of canvas programs and CanvasModule ---------------------------------------------
+
+
+# ==================================================================================
+# plugin host (plugin_host.py, plugin_registry.py); re-exported by plugin_host
+# ==================================================================================
+
+#: Environment variable listing entry points or distributions to skip (comma-separated).
+#: Defined here so registry errors can point at it; ``plugin_host.BLOCK_ENV`` is this value.
+PLUGIN_BLOCK_ENV = "CANVAS_ENGINEERING_BLOCK_PLUGINS"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be loaded or one of its hooks failed; it was skipped."""
+
+
+class PluginError(CanvasError):
+    """Base class: the plugin host or a plugin registry refused a request."""
+
+
+class PluginRegistrationError(PluginError, ValueError):
+    """A plugin registers something invalid (an empty name, an in-process name taken twice)."""
+
+
+class DuplicateRegistrationError(PluginRegistrationError):
+    """A name is provided twice for the same kind (attention type, backbone, datamodule).
+
+    Attributes:
+        kind: e.g. ``"attention type"``.
+        name: the contested name.
+        providers: ``(new, existing)`` as ``"distribution version (entry point / module)"``.
+
+    """
+
+    def __init__(self, kind: str, name: str, new: str, existing: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.providers = (new, existing)
+        msg = (
+            f"{kind} {name!r}: provided by {new} and {existing}; names must be unique. "
+            f"Uninstall one of them or block it with {PLUGIN_BLOCK_ENV}=<entry point or distribution>"
+        )
+        super().__init__(msg)
+
+
+class UnknownHookError(PluginRegistrationError, pluggy.PluginValidationError):
+    """A plugin implements a hook that no hookspec declares (usually a typo).
+
+    Also a :class:`pluggy.PluginValidationError`, like the errors pluggy raises for a
+    hookimpl whose arguments do not match its hookspec.
+
+    Attributes:
+        plugin: the refused plugin object.
+
+    """
+
+    def __init__(self, plugin: object, message: str) -> None:
+        pluggy.PluginValidationError.__init__(self, plugin, message)
+
+
+class UnknownPluginError(PluginError, KeyError):
+    """A name is not registered for its kind; the message lists the available names.
+
+    Attributes:
+        kind: e.g. ``"backbone"``.
+        name: the requested name.
+        available: the registered names, sorted.
+
+    """
+
+    def __init__(self, kind: str, name: object, available: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.available = sorted(available)
+        listed = ", ".join(self.available) or "(none)"
+        msg = (
+            f"unknown {kind} {name!r}; available: {listed}. "
+            "Install a plugin that provides it (see `canvas-engineering plugins`)"
+        )
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        # KeyError would repr-quote the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginHostReentryError(PluginError, RuntimeError):
+    """A plugin asked the plugin host for its plugins while its own module was being imported.
+
+    Plugins must register through their hooks, not at import time.
+    """

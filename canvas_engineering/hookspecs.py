@@ -20,22 +20,40 @@ Hooks are called once, when the plugin registry is first used (lazily, never at 
 in plugin load order; a hook that raises is reported as a ``PluginLoadWarning`` naming its
 distribution and entry point, and skipped.
 
+This module is the plugin contract only: it imports nothing from canvas-engineering at
+run time (the plugin host imports it, never the other way round).
+
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pluggy
 
 if TYPE_CHECKING:
-    from canvas_engineering.plugin_host import KindRegistry
+    from canvas_engineering.plugin_registry import KindRegistry
 
-__all__ = ["hookspec", "register_attention_types", "register_backbones", "register_datamodules"]
+__all__ = [
+    "PROJECT_NAME",
+    "hookimpl",
+    "hookspec",
+    "register_attention_types",
+    "register_backbones",
+    "register_datamodules",
+]
+
+#: pluggy project name: hookimpls and hookspecs of canvas-engineering are marked with it.
+PROJECT_NAME: Final = "canvas_engineering"
 
 #: Marker for hook specifications of the ``canvas_engineering`` project.
-hookspec = pluggy.HookspecMarker("canvas_engineering")
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+#: Marker for hook implementations of canvas-engineering plugins: decorate a function named
+#: after a hook of this module (e.g. ``register_attention_types``) with ``@hookimpl`` and
+#: declare its module in the ``canvas_engineering`` entry-point group.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 # -- execution ---------------------------------------------------------------------

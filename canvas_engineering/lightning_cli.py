@@ -9,7 +9,7 @@ config only says which data to use.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -17,6 +17,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from canvas_engineering.future_metrics import future_metrics_table
 from canvas_engineering.module import CanvasModule
+from canvas_engineering.plugin_host import get_registry
+
+if TYPE_CHECKING:
+    from canvas_engineering.plugin_registry import PluginRegistry
 
 __all__ = ["QUICKSTART_CONFIG", "CanvasCLI", "fit_summary", "run_lightning_cli"]
 
@@ -25,7 +29,20 @@ QUICKSTART_CONFIG = str(resources.files("canvas_engineering") / "configs" / "qui
 
 
 class CanvasCLI(LightningCLI):
-    """LightningCLI that links the datamodule's canvas into the model."""
+    """LightningCLI that links the datamodule's canvas into the model.
+
+    Args:
+        *args: passed to :class:`~lightning.pytorch.cli.LightningCLI`.
+        registry: the plugin registry whose datamodules the CLI offers; built before the
+            parser so every registered datamodule class is imported and resolves by name.
+            ``None``: the default plugin host's.
+        **kwargs: passed to :class:`~lightning.pytorch.cli.LightningCLI`.
+
+    """
+
+    def __init__(self, *args: Any, registry: PluginRegistry | None = None, **kwargs: Any) -> None:
+        self.registry = registry if registry is not None else get_registry()
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.schema", "model.schema", compute_fn=_schema_dict, apply_on="instantiate")
@@ -66,12 +83,20 @@ def _schema_dict(schema: Any) -> dict[str, Any]:  # noqa: ANN401
     return schema.to_dict()
 
 
-def run_lightning_cli(args: ArgsType = None, run: bool = True) -> CanvasCLI:
-    """Run the CLI (``args`` as a list, like ``sys.argv[1:]``)."""
-    from canvas_engineering.datamodules import CanvasDataModule
-    from canvas_engineering.plugin_host import get_registry
+def run_lightning_cli(args: ArgsType = None, run: bool = True, registry: PluginRegistry | None = None) -> CanvasCLI:
+    """Run the CLI (``args`` as a list, like ``sys.argv[1:]``).
 
-    get_registry()  # load plugins first so datamodule classes resolve by name
+    Args:
+        args: the arguments; ``None``: LightningCLI reads ``sys.argv``.
+        run: run the subcommand (``False``: only parse and instantiate).
+        registry: the plugin registry to take datamodules from (see :class:`CanvasCLI`).
+
+    Returns:
+        The CLI, with its ``model``, ``datamodule`` and ``trainer``.
+
+    """
+    from canvas_engineering.datamodules import CanvasDataModule
+
     args = list(args) if args is not None else None
     defaults = {"fit": {"default_config_files": [QUICKSTART_CONFIG]}}
     return CanvasCLI(
@@ -82,4 +107,5 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> CanvasCLI:
         parser_kwargs=defaults,
         args=args,
         run=run,
+        registry=registry,
     )

@@ -399,19 +399,23 @@ def test_unknown_attention_type_in_region() -> None:
 
 
 def test_installed_attention_types_are_accepted() -> None:
-    from canvas_engineering import attention_types
+    from canvas_engineering.plugin_host import KindRegistry, get_registry, hookimpl, register_plugin, unregister_plugin
 
-    previous = attention_types._installed_types_provider  # the plugin host's, restored below
-    before = set(previous()) if previous is not None else set()
-    assert "my_plugin_attn" not in before
-    attention_types.set_installed_types_provider(lambda: [*before, "my_plugin_attn"])
+    class MyPluginAttn:
+        @staticmethod
+        @hookimpl
+        def register_attention_types(registry: KindRegistry) -> None:
+            registry.add("my_plugin_attn", object)
+
+    assert "my_plugin_attn" not in get_registry().attention_types
+    name = register_plugin(MyPluginAttn(), name="test-validation-my-plugin-attn")  # installs the type
     try:
         assert Connection("a", "b", fn="my_plugin_attn").fn == "my_plugin_attn"
         assert RegionSpec((0, 1, 0, 1, 0, 1), default_attn="my_plugin_attn").default_attn == "my_plugin_attn"
         with pytest.raises(UnknownAttentionTypeError, match=r"known types: .*my_plugin_attn"):
             Connection("a", "b", fn="other")
     finally:
-        attention_types.set_installed_types_provider(previous)
+        unregister_plugin(name)
     with pytest.raises(UnknownAttentionTypeError, match=r"unknown attention type 'my_plugin_attn'"):
         Connection("a", "b", fn="my_plugin_attn")
 

@@ -62,7 +62,8 @@ from typing import Any, Final
 
 import pluggy
 
-from canvas_engineering import hookspecs, plugin_registry
+import canvas_engineering.hookspecs as hookspecs
+import canvas_engineering.plugin_registry as plugin_registry
 from canvas_engineering.errors import (
     PLUGIN_BLOCK_ENV,
     DuplicateRegistrationError,

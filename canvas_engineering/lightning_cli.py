@@ -44,7 +44,15 @@ class CanvasCLI(LightningCLI):
         self.registry = registry if registry is not None else get_registry()
         super().__init__(*args, **kwargs)
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
+    def before_instantiate_classes(self) -> None:
+        """Hand the CLI's registry to the model when the model takes one (its backbone comes from it)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.get("model")
+        if model is not None and "registry" in model:  # set after parsing: a registry is not a config value
+            model.registry = self.registry
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the datamodule's schema and region formats into the model."""
         parser.link_arguments("data.schema", "model.schema", compute_fn=_schema_dict, apply_on="instantiate")
         parser.link_arguments("data.region_formats", "model.region_formats", apply_on="instantiate")
 

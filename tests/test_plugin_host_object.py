@@ -315,6 +315,21 @@ def test_canvas_cli_uses_the_registry_it_is_given(monkeypatch: pytest.MonkeyPatc
     assert lightning_cli.CanvasCLI(run=False).registry is get_registry()  # default: the default host's
 
 
+def test_canvas_cli_hands_its_registry_to_a_model_that_takes_one() -> None:
+    lightning_cli = pytest.importorskip("canvas_engineering.lightning_cli")
+    from jsonargparse import Namespace
+
+    cli = lightning_cli.CanvasCLI.__new__(lightning_cli.CanvasCLI)  # only the hook is under test
+    cli.registry = PluginHost(load_entry_points=False).registry()
+    cli.subcommand = "fit"
+    cli.config = Namespace(fit=Namespace(model=Namespace(registry=None, lr=1.0)))
+    cli.before_instantiate_classes()
+    assert cli.config.fit.model.registry is cli.registry and cli.config.fit.model.lr == 1.0
+    cli.subcommand, cli.config = None, Namespace(model=Namespace(lr=1.0))  # a model without the argument
+    cli.before_instantiate_classes()
+    assert "registry" not in cli.config.model
+
+
 # -- errors, re-exports and layering ------------------------------------------------------------
 
 

@@ -30,30 +30,24 @@ ATTENTION_TYPES: MappingProxyType[str, str] = MappingProxyType(
     {
         "cross_attention": "Dot-product, O(NM): softmax QKV attention; general-purpose content-based selection.",
         "linear_attention": (
-            "Dot-product, O(N+M): "
-            "kernel feature map instead of softmax; low-dim or high-frequency streams."
+            "Dot-product, O(N+M): kernel feature map instead of softmax; low-dim or high-frequency streams."
         ),
         "cosine_attention": (
-            "Dot-product, O(NM): "
-            "cosine-similarity logits with a fixed scale; stable gradients, no temperature."
+            "Dot-product, O(NM): cosine-similarity logits with a fixed scale; stable gradients, no temperature."
         ),
         "sigmoid_attention": (
-            "Dot-product, O(NM): "
-            "independent sigmoid per key instead of softmax; non-exclusive attention."
+            "Dot-product, O(NM): independent sigmoid per key instead of softmax; non-exclusive attention."
         ),
         "gated": (
-            "Gating, O(NM): "
-            "cross-attention behind a learned sigmoid gate; optional conditioning (goals, instructions)."
+            "Gating, O(NM): cross-attention behind a learned sigmoid gate; optional conditioning (goals, instructions)."
         ),
         "perceiver": "Compression, O(NK): keys compressed through a learned latent bottleneck; large dst regions.",
         "pooling": (
-            "Compression, O(N+M): "
-            "mean-pooled dst summary broadcast to every query; scalar/low-dim conditioning."
+            "Compression, O(N+M): mean-pooled dst summary broadcast to every query; scalar/low-dim conditioning."
         ),
         "copy": "Transfer, O(N): direct latent relay from aligned dst positions; broadcast regions, latent sharing.",
         "mamba": (
-            "State-space, O(N): "
-            "selective (input-dependent) state-space scan; long temporal sequences, causal links."
+            "State-space, O(N): selective (input-dependent) state-space scan; long temporal sequences, causal links."
         ),
         "rwkv": "State-space, O(N): recurrence with learned exponential decay; temporal connections.",
         "hyena": "Convolution, O(N log N): FFT long convolution with data-dependent gating; sub-quadratic long range.",
@@ -61,12 +55,12 @@ ATTENTION_TYPES: MappingProxyType[str, str] = MappingProxyType(
         "local_attention": "Sparse, O(NW): attention within a spatial window on the H x W grid; neighbouring patches.",
         "none": "Meta, O(0): edge declared but disabled; ablations.",
         "random_fixed": (
-            "Meta, O(NK): "
-            "a random key subset frozen at init; baseline for whether learned structure matters."
+            "Meta, O(NK): a random key subset frozen at init; baseline for whether learned structure matters."
         ),
         "mixture": "Meta, O(NK): learned routing over expert attention heads; multi-modal hubs.",
     }
 )
+
 
 def installed_attention_types() -> list[str]:
     """Return the attention types installed in the default plugin host, sorted.

@@ -474,3 +474,96 @@ def test_cogvideox_backbone_is_skipped_without_diffusers(monkeypatch: pytest.Mon
     monkeypatch.undo()
     plugin.register_cogvideox(registry)
     assert registry["cogvideox"].obj is plugin.build_cogvideox_backbone
+
+
+# -- the processor on the plan's kernels ----------------------------------------------------
+
+
+def test_graft_compiles_once_and_every_layer_shares_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    import canvas_engineering.cogvideox as cogvideox_module
+
+    calls = []
+    original = cogvideox_module.compile_topology
+    monkeypatch.setattr(cogvideox_module, "compile_topology", lambda *a: calls.append(1) or original(*a))
+    model = tiny_model()
+    graft_looped_blocks(model, canvas=CAUSAL)
+    processors = list(model.attn_processors.values())
+    assert len(calls) == 1 and len(processors) == TINY["num_layers"]
+    assert all(p is processors[0] for p in processors) and processors[0].plan is not None
+    run(model, *tiny_inputs())
+    assert len(calls) == 1
+
+
+#: 4 latent frames of 8 x 8 patches and 8 text tokens: 264^2 pairs, past the dense-kernel threshold
+BIG_T, BIG_H, BIG_W, BIG_TEXT = 4, 8, 8, 8
+
+
+def processor_reference(proc, attn, hidden, text, beta):  # noqa: ANN001, ANN201
+    """The processor's formula over the dense [text, video] mask it documents (float64)."""
+    L = text.shape[1]
+    bias, valid = proc.mask(proc.plan, L, hidden.shape[1], dtype=torch.float64)
+    x = torch.cat([text, hidden], dim=1).double()
+    heads = attn.heads
+    q, k, v = (t.view(x.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (attn.to_q(x), attn.to_k(x), attn.to_v(x)))
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    logits = beta * (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5 + (0.0 if bias is None else bias)
+    out = torch.softmax(logits, -1) @ v
+    if valid is not None:
+        out = out * valid[:, None]
+    out = attn.to_out[0](out.transpose(1, 2).reshape(x.shape[0], -1, x.shape[-1]))
+    return out[:, L:], out[:, :L]
+
+
+@pytest.mark.parametrize("text_rule", ["global", "condition", "isolated"])
+@pytest.mark.parametrize("kernel", ["auto", "flex", "dense"])
+def test_processor_kernels_match_the_dense_formula(text_rule: str, kernel: str) -> None:
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, dim_head=8, heads=2, qk_norm="layer_norm", eps=1e-6, bias=True, out_bias=True)
+    layout = CanvasLayout(T=BIG_T, H=BIG_H, W=BIG_W, d_model=16, regions={
+        "left": (0, BIG_T, 0, BIG_H, 0, 4), "right": (0, BIG_T, 0, BIG_H, 4, BIG_W)})
+    topology = CanvasTopology([
+        *CanvasTopology.causal_temporal(["left", "right"]).connections,
+        Connection("right", "left", t_src=0, t_dst=-2, weight=0.5),
+    ])
+    plan = compile_topology(layout, topology)
+    proc = CanvasCogVideoXAttnProcessor(plan, text_rule=text_rule, kernel=kernel)
+    hidden = torch.randn(2, layout.num_positions, 16)
+    text = torch.randn(2, BIG_TEXT, 16)
+    attn.double()
+    with torch.no_grad():
+        video, txt = proc(attn, hidden.double(), text.double(), beta=1.7)
+        ref_video, ref_text = processor_reference(proc, attn, hidden, text, 1.7)
+    torch.testing.assert_close(video, ref_video, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(txt, ref_text, atol=1e-9, rtol=1e-7)
+    joint = proc.joint_mask(plan, BIG_TEXT, layout.num_positions)
+    if kernel == "auto":  # the CPU rule picks the tiled kernel here, and it never builds (L + N)^2
+        assert joint.num_queries * joint.num_keys > 65536
+        assert not any(k[0] == "dense_bias" for k in joint.cache)
+    assert proc.joint_mask(plan, BIG_TEXT, layout.num_positions) is joint  # cached per (plan, text length)
+
+
+def test_processor_trains_through_the_tiled_kernel() -> None:
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, dim_head=8, heads=2, qk_norm="layer_norm", eps=1e-6, bias=True, out_bias=True)
+    layout = CanvasLayout(T=BIG_T, H=BIG_H, W=BIG_W, d_model=16, regions={"video": (0, BIG_T, 0, BIG_H, 0, BIG_W)})
+    plan = compile_topology(layout, CanvasTopology.causal_temporal(["video"]))
+    proc = CanvasCogVideoXAttnProcessor(plan, text_rule="condition")
+    hidden = torch.randn(1, layout.num_positions, 16, requires_grad=True)
+    text = torch.randn(1, BIG_TEXT, 16, requires_grad=True)
+    video, txt = proc(attn, hidden, text)
+    (video.square().sum() + txt.square().sum()).backward()
+    dense = CanvasCogVideoXAttnProcessor(plan, text_rule="condition", kernel="dense")
+    h2, t2 = hidden.detach().clone().requires_grad_(True), text.detach().clone().requires_grad_(True)
+    v2, x2 = dense(attn, h2, t2)
+    (v2.square().sum() + x2.square().sum()).backward()
+    torch.testing.assert_close(hidden.grad, h2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(text.grad, t2.grad, atol=1e-5, rtol=1e-4)
+    # frame-aligned tiles (64 tokens a frame): one bias row per block at most, nothing (L + N)^2
+    joint = proc.joint_mask(plan, BIG_TEXT, layout.num_positions)
+    buckets = joint.tiles(BIG_H * BIG_W).buckets
+    assert all(b.bias is None or b.bias.shape[1] == 1 for b in buckets)
+    assert any(b.bias is not None for b in buckets)  # the text block is short, so it is masked

@@ -50,6 +50,7 @@ def timings(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 
 def dit_step(loops: int, checkpoint: bool):  # noqa: ANN201
+    """Return one training step of the canvas DiT with ``loops`` active loops."""
     import torch
 
     from canvas_engineering import CanvasDiT, CanvasLayout, CanvasTopology
@@ -70,6 +71,7 @@ def dit_step(loops: int, checkpoint: bool):  # noqa: ANN201
 
 
 def cog_step(kind: str):  # noqa: ANN201
+    """Return one training step of the grafted tiny CogVideoX (``kind``: the topology)."""
     import torch
     from diffusers import CogVideoXTransformer3DModel
 
@@ -97,7 +99,7 @@ def cog_step(kind: str):  # noqa: ANN201
 
 
 def dense_mask_call(processor, attn, hidden_states, encoder_hidden_states):  # noqa: ANN001, ANN201
-    """The processor's former computation: a dense (L+N)^2 float mask (cached), then SDPA.
+    """Run the processor's former computation: a dense (L+N)^2 float mask (cached), then SDPA.
 
     A copy of what ``CanvasCogVideoXAttnProcessor`` did before it ran the plan's kernels,
     kept only as this benchmark's baseline.
@@ -159,6 +161,7 @@ def processor_call(impl: str, text_rule: str):  # noqa: ANN201
 
 
 def run(kind: str, a: str, b: str, repeat: int, out_dir: str | None = None) -> dict:
+    """Measure one case in this process: peak memory of the first step, then timings."""
     import torch
 
     torch.manual_seed(0)
@@ -179,6 +182,7 @@ def run(kind: str, a: str, b: str, repeat: int, out_dir: str | None = None) -> d
 
 
 def main() -> None:
+    """Run every case in its own subprocess and print (or write) the tables."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
@@ -197,11 +201,16 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{job}: min {r['min'] * 1e3:.1f} ms median {r['median'] * 1e3:.1f} ms peak {r['peak'] / 2**20:.1f} MiB", flush=True)
-    table = ["| model | loops | activation checkpointing / topology | step min / median | peak memory |", "|---|---:|---|---:|---:|"]
+        ms, mib = f"min {r['min'] * 1e3:.1f} ms median {r['median'] * 1e3:.1f} ms", f"{r['peak'] / 2**20:.1f} MiB"
+        print(f"{job}: {ms} peak {mib}", flush=True)
+    table = [
+        "| model | loops | activation checkpointing / topology | step min / median | peak memory |",
+        "|---|---:|---|---:|---:|",
+    ]
     for r in rows:
         if r["kind"] == "dit":
-            table.append(f"| canvas DiT (depth 4, d 128, N 512, batch 4) | {r['a']} | {'on' if r['b'] == 'True' else 'off'} | "
+            ckpt = "on" if r["b"] == "True" else "off"
+            table.append(f"| canvas DiT (depth 4, d 128, N 512, batch 4) | {r['a']} | {ckpt} | "
                          f"{r['min'] * 1e3:.1f} / {r['median'] * 1e3:.1f} ms | {r['peak'] / 2**20:.0f} MiB |")
         elif r["kind"] == "cog":
             table.append(f"| grafted tiny CogVideoX (2 layers, 512 video tokens, batch 2) | 3 | {r['a']} topology | "
@@ -215,7 +224,7 @@ def main() -> None:
 
 
 def processor_table(rows: list[dict], out_dir: str) -> str:
-    """The full-size processor rows, with the dense mask's own size and the outputs' agreement."""
+    """Format the full-size processor rows, with the dense mask's own size and the outputs' agreement."""
     import torch
 
     s = COG2B_T * COG2B_H * COG2B_W + COG2B_TEXT
@@ -232,10 +241,13 @@ def processor_table(rows: list[dict], out_dir: str) -> str:
     ]
     base = next(r for r in rows if r["a"] == "dense_mask")
     for r in rows:
-        name = "before: dense (L+N)^2 mask + SDPA (baseline)" if r["a"] == "dense_mask" else "after: plan kernels (auto -> tiled on CPU)"
+        if r["a"] == "dense_mask":
+            name = "before: dense (L+N)^2 mask + SDPA (baseline)"
+        else:
+            name = "after: plan kernels (auto -> tiled on CPU)"
         if r["a"] == "kernels" and r["b"] == base["b"]:
             out = torch.load(f"{out_dir}/kernels_{r['b']}.pt")
-            diff = max(float((o - p).abs().max()) for o, p in zip(out, ref))
+            diff = max(float((o - p).abs().max()) for o, p in zip(out, ref, strict=True))
             name += f", max abs diff to baseline {diff:.1e}"
         lines.append(f"| {name} | {r['b']} | {r['min'] * 1e3:.0f} / {r['median'] * 1e3:.0f} ms | "
                      f"{r['peak'] / 2**20:,.0f} MiB | {r['peak'] / base['peak']:.1%} |")

@@ -66,6 +66,7 @@ def check_kernel(kernel: object, where: str) -> str:
 
     Raises:
         CanvasValidationError: unknown kernel name (the message lists the valid ones).
+
     """
     if kernel not in KERNELS:
         msg = f"{where}: kernel {kernel!r} must be one of {', '.join(KERNELS)}"
@@ -84,7 +85,7 @@ class ViewCache:
         self._entries: dict[Hashable, Any] = {}
 
     def get(self, key: Hashable, build: Callable[[], _T]) -> _T:
-        """The entry under ``key``, built by ``build()`` on first request."""
+        """Return the entry under ``key``, built by ``build()`` on first request."""
         if key not in self._entries:
             self._entries[key] = build()
         return self._entries[key]
@@ -94,7 +95,7 @@ class ViewCache:
         self._entries.clear()
 
     def keys(self) -> list[Hashable]:
-        """The keys held, in insertion order."""
+        """Return the keys held, in insertion order."""
         return list(self._entries)
 
     def __contains__(self, key: Hashable) -> bool:
@@ -131,6 +132,7 @@ class ClassView:
         weights: (Cq, Ck) connection weight, 0 where blocked.
         q_time: (Cq,) real time of each query class; ``k_time``: (Ck,) of each key class.
         k_count: (Ck,) number of keys per key class.
+
     """
 
     q_class: torch.Tensor
@@ -160,6 +162,7 @@ class TileBucket:
         band: ``(q_start, k_starts)`` when the query blocks are consecutive and every window
             column is a consecutive run too (banded masks such as causal_temporal): the kernels
             then slice instead of gathering, which is much cheaper to differentiate.
+
     """
 
     q_blocks: torch.Tensor
@@ -169,7 +172,7 @@ class TileBucket:
     band: tuple[int, tuple[int, ...]] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TileBucket:
-        """The bucket with its tensors on ``device`` and its bias in ``dtype``."""
+        """Return the bucket with its tensors on ``device`` and its bias in ``dtype``."""
         return replace(
             self,
             q_blocks=self.q_blocks.to(device),
@@ -208,7 +211,7 @@ class TilePlan:
     assembly: torch.Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TilePlan:
-        """The plan with its buckets' tensors on ``device`` (biases in ``dtype``)."""
+        """Return the plan with its buckets' tensors on ``device`` (biases in ``dtype``)."""
         return replace(
             self, buckets=tuple(b.to(device, dtype) for b in self.buckets), assembly=self.assembly.to(device)
         )
@@ -222,7 +225,7 @@ def block_mask_from_tiles(
     seq_lengths: tuple[int, int],
     device: torch.device | str,
 ) -> BlockMask:
-    """A FlexAttention ``BlockMask`` from (n_q_blocks, n_k_blocks) tile matrices.
+    """Build a FlexAttention ``BlockMask`` from (n_q_blocks, n_k_blocks) tile matrices.
 
     Args:
         partial: tiles that hold allowed and blocked pairs (``mask_mod`` decides per pair).
@@ -231,6 +234,7 @@ def block_mask_from_tiles(
         mask_mod: FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``.
         seq_lengths: ``(nq, nk)``.
         device: where the block tables live.
+
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -261,6 +265,7 @@ class AttentionMask:
         cache: the :class:`ViewCache` holding every view built on demand (tile plans, the
             chosen block size, and per device and dtype the ``BlockMask``, ``score_mod``,
             dense bias and tile biases). Shared with the masks :meth:`with_kernel` returns.
+
     """
 
     def __init__(
@@ -283,10 +288,11 @@ class AttentionMask:
         self.cache = ViewCache()
 
     def with_kernel(self, kernel: str) -> AttentionMask:
-        """The same mask preferring ``kernel``; it shares this mask's tensors and :attr:`cache`.
+        """Return the same mask preferring ``kernel``; it shares this mask's tensors and :attr:`cache`.
 
         Raises:
             CanvasValidationError: unknown kernel name.
+
         """
         view = copy.copy(self)  # shallow: tables, positions and the cache are shared
         view.kernel = check_kernel(kernel, "AttentionMask.with_kernel")
@@ -298,12 +304,12 @@ class AttentionMask:
 
     @property
     def num_queries(self) -> int:
-        """nq."""
+        """Nq."""
         return self.q_positions.numel()
 
     @property
     def num_keys(self) -> int:
-        """nk."""
+        """Nk."""
         return self.k_positions.numel()
 
     @cached_property
@@ -341,7 +347,8 @@ class AttentionMask:
         def build() -> tuple[torch.Tensor, torch.Tensor]:
             weights = self.dense_weights()
             if extra_mask is not None:
-                weights = weights * extra_mask(torch.arange(self.num_queries)[:, None], torch.arange(self.num_keys)[None, :])
+                q_idx, k_idx = torch.arange(self.num_queries)[:, None], torch.arange(self.num_keys)[None, :]
+                weights = weights * extra_mask(q_idx, k_idx)
             valid = (weights > 0).any(1)
             bias = weights.log()
             bias[~valid] = 0.0
@@ -363,13 +370,15 @@ class AttentionMask:
         q_used, q_class = torch.unique(self.q_classes, return_inverse=True)
         k_used, k_class = torch.unique(self.k_classes, return_inverse=True)
         weights = self.class_table[q_used][:, k_used]
-        q_time = torch.zeros(len(q_used), dtype=torch.long).index_reduce_(0, q_class, self.q_coords[:, 3], "amax", include_self=False)
-        k_time = torch.zeros(len(k_used), dtype=torch.long).index_reduce_(0, k_class, self.k_coords[:, 3], "amax", include_self=False)
+        q_time = torch.zeros(len(q_used), dtype=torch.long)
+        q_time.index_reduce_(0, q_class, self.q_coords[:, 3], "amax", include_self=False)
+        k_time = torch.zeros(len(k_used), dtype=torch.long)
+        k_time.index_reduce_(0, k_class, self.k_coords[:, 3], "amax", include_self=False)
         k_count = torch.bincount(k_class, minlength=len(k_used))
         return ClassView(q_class, k_class, weights, q_time, k_time, k_count)
 
     def class_view(self, device: torch.device | str | None = None) -> ClassView:
-        """The class-level mask (cached; moved to ``device`` if given)."""
+        """Return the class-level mask (cached; moved to ``device`` if given)."""
         view = self._class_view
         if device is None or torch.device(device) == view.weights.device:
             return view
@@ -381,8 +390,10 @@ class AttentionMask:
     # -- flex views ------------------------------------------------------------------
 
     def _padded_classes(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(table (C+1, C+1), q_cls, k_cls)`` on ``device``: class ids padded to whole flex
-        blocks with an extra all-blocked class, so out-of-range indices read "blocked"."""
+        """``(table (C+1, C+1), q_cls, k_cls)`` on ``device``, padded to whole flex blocks.
+
+        The padding is an extra all-blocked class, so out-of-range indices read "blocked".
+        """
 
         def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             c, bs = self.class_table.shape[0], FLEX_BLOCK_SIZE
@@ -397,7 +408,7 @@ class AttentionMask:
         return self.cache.get(("padded_classes", _device_key(device)), build)
 
     def block_mask(self, device: torch.device | str, extra_mask: ExtraMask = None) -> BlockMask:
-        """The FlexAttention ``BlockMask`` of the group on ``device`` (cached per device and extra mask).
+        """Return the FlexAttention ``BlockMask`` of the group on ``device`` (cached per device and extra mask).
 
         Its tiles come from :meth:`tiles` at :data:`FLEX_BLOCK_SIZE` (tiles allowed with weight 1
         are "full" and skip ``mask_mod``); ``mask_mod`` gathers from the class table, so partial
@@ -439,7 +450,7 @@ class AttentionMask:
     # -- tiles ---------------------------------------------------------------------
 
     def choose_block_size(self) -> int:
-        """The candidate block size with the least estimated packed cost (cached).
+        """Return the candidate block size with the least estimated packed cost (cached).
 
         Cost: computed pairs (x1.5 in masked tiles, which SDPA runs slower) plus a fixed
         overhead per tile, so equal work prefers fewer, larger tiles.
@@ -458,9 +469,11 @@ class AttentionMask:
         return self.cache.get("block_size", build)
 
     def _candidate_block_sizes(self) -> list[int]:
-        """Powers of two, plus divisors of the most common per-frame query count (frame-aligned
-        tiles; "most common" so that a trailing segment of another size, such as CogVideoX's
-        text tokens after the video frames, still leaves the frames aligned)."""
+        """Powers of two, plus divisors of the most common per-frame query count.
+
+        Divisors give frame-aligned tiles; "most common" so that a trailing segment of another
+        size, such as CogVideoX's text tokens after the video frames, keeps the frames aligned.
+        """
         sizes = set(BLOCK_SIZES)
         per_frame = torch.bincount(self.q_coords[:, 0])
         per_frame = per_frame[per_frame > 0]
@@ -473,8 +486,10 @@ class AttentionMask:
         """Bucketed non-empty tiles at ``block_size``, on the CPU (cached per block size and extra mask).
 
         Args:
+            block_size: tile side.
             extra_mask: optional callable ``(q_index (..., bs), k_index (..., Kbs)) -> bool`` over
                 group-local indices, ANDed with the class mask (forces masked buckets).
+
         """
         return self.cache.get(("tiles", block_size, extra_mask), lambda: self._build_tiles(block_size, extra_mask))
 
@@ -499,7 +514,7 @@ class AttentionMask:
         pk[torch.arange(nk) // bs, self.k_classes] = 1.0
         allowed = (self.class_table > 0).float()
         nonempty = (pq @ allowed @ pk.T) > 0  # (nqb, nkb)
-        not_one = ((self.class_table != 1.0)).float()  # blocked or weighted
+        not_one = (self.class_table != 1.0).float()  # blocked or weighted
         clean = (pq @ not_one @ pk.T) == 0  # every pair allowed with weight 1
         if nq % bs:
             clean[-1, :] = False
@@ -555,7 +570,8 @@ class AttentionMask:
             rows = rows[:, :1]
         weights = table[rows[:, :, None], k_cls[k_idx][:, None, :]]  # (nb, bs or 1, K*bs)
         if extra_mask is not None:
-            ok = extra_mask(q_idx.clamp(max=self.num_queries - 1)[:, :, None], k_idx.clamp(max=self.num_keys - 1)[:, None, :])
+            q_last, k_last = self.num_queries - 1, self.num_keys - 1
+            ok = extra_mask(q_idx.clamp(max=q_last)[:, :, None], k_idx.clamp(max=k_last)[:, None, :])
             weights = weights * ok
         row_valid = (weights > 0).any(-1)
         bias = weights.log()

@@ -12,7 +12,6 @@ curriculum and sharpening callbacks drive them through this one interface:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +52,7 @@ class CanvasBackbone(nn.Module, ABC):
 
         Raises:
             CanvasValidationError: ``n`` is not an integer in ``[1, max_loops]``.
+
         """
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
             msg = f"{type(self).__name__}.set_loops: n={n!r} must be an integer in [1, max_loops={self.max_loops}]"
@@ -69,6 +69,7 @@ class CanvasBackbone(nn.Module, ABC):
 
         Raises:
             CanvasValidationError: wrong length, or a beta that is not a positive number.
+
         """
         try:
             values = [float(b) for b in betas]
@@ -84,7 +85,7 @@ class CanvasBackbone(nn.Module, ABC):
             block.set_betas(values[: block.max_loops])
 
     def loop_parameters(self) -> list[nn.Parameter]:
-        """The loop-specific parameters (loop embeddings) of every looped block."""
+        """Return the loop-specific parameters (loop embeddings) of every looped block."""
         return [p for block in self.looped_blocks for p in block.loop_parameters()]
 
     @abstractmethod

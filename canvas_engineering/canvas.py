@@ -43,6 +43,7 @@ class SpatiotemporalCanvas(nn.Module):
             row, column and period (so slow regions are told apart from fast ones).
         region_embedding: (R + 1, d_model) learned region identity, zero-initialised
             (the last row is for unassigned positions).
+
     """
 
     def __init__(self, layout: CanvasLayout) -> None:
@@ -76,7 +77,7 @@ class SpatiotemporalCanvas(nn.Module):
     def create_empty(
         self, batch_size: int, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """A zero canvas of shape ``(batch_size, N, d_model)``."""
+        """Return a zero canvas of shape ``(batch_size, N, d_model)``."""
         if not isinstance(batch_size, int) or batch_size < 1:
             msg = f"batch_size={batch_size!r} must be a positive integer"
             raise CanvasValidationError(msg)
@@ -102,6 +103,8 @@ class SpatiotemporalCanvas(nn.Module):
         Args:
             canvas: (B, N, d_model).
             x: (B, n_region, d_model) or (B, t, h, w, d_model) tokens of the region.
+            region: the region's name.
+
         """
         self.check_canvas(canvas)
         idx = self.layout.region_indices(region).to(canvas.device)
@@ -128,6 +131,7 @@ class SpatiotemporalCanvas(nn.Module):
 
         Raises:
             CanvasValidationError: anything else (the message gives the expected and the actual shape).
+
         """
         n, d = self.layout.num_positions, self.layout.d_model
         if not isinstance(canvas, torch.Tensor) or canvas.dim() != 3 or canvas.shape[1:] != (n, d):

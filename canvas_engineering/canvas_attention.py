@@ -20,7 +20,7 @@ __all__ = ["AttentionGroup", "CanvasAttention", "position_coords", "resolve_plan
 
 
 def resolve_plan(layout: CanvasLayout | AttentionPlan, topology: CanvasTopology | None, where: str) -> AttentionPlan:
-    """The plan of ``(layout, topology)``: ``layout`` itself when it is an already compiled plan.
+    """Return the plan of ``(layout, topology)``: ``layout`` itself when it is already a compiled plan.
 
     Lets a model compile once and pass the plan to every block, while ``(layout, topology)``
     keeps working for a module built alone.
@@ -28,6 +28,7 @@ def resolve_plan(layout: CanvasLayout | AttentionPlan, topology: CanvasTopology 
     Raises:
         CanvasValidationError: neither a plan nor a (layout, topology) pair, or a plan given
             with a different topology.
+
     """
     if isinstance(layout, AttentionPlan):
         if topology is not None and topology is not layout.topology and topology != layout.topology:
@@ -54,6 +55,7 @@ class AttentionGroup(nn.Module):
         op: the attention type module.
         write_mode: ``"add"``, ``"gate"`` or ``"replace"`` (see :class:`CanvasAttention`).
         gate_logit: (1,) learned gate logit of a ``"gate"`` group, zero-initialised (gate 0.5).
+
     """
 
     def __init__(
@@ -88,7 +90,8 @@ class AttentionGroup(nn.Module):
     def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """(B, nq, d) updates for the group's queries (a ``"gate"`` group's already gated)."""
         xq = self._take(x, self.q_positions, self.q_range)
-        xk = xq if self.k_range == self.q_range and self.k_range is not None else self._take(x, self.k_positions, self.k_range)
+        same = self.k_range == self.q_range and self.k_range is not None
+        xk = xq if same else self._take(x, self.k_positions, self.k_range)
         out = self.op(xq, xk, self.mask, beta)
         if self.write_mode == "gate":
             out = out * torch.sigmoid(self.gate_logit).to(out.dtype)
@@ -145,6 +148,7 @@ class CanvasAttention(nn.Module):
             an unknown kernel, or a plan passed with a different topology.
 
     Shapes: ``forward(x (B, N, d_model), beta) -> (B, N, d_model)``.
+
     """
 
     def __init__(
@@ -171,7 +175,7 @@ class CanvasAttention(nn.Module):
         types = (registry if registry is not None else get_registry()).attention_types
         type_config = dict(type_config or {})
         by_type: dict[tuple[str, str], list[int]] = {}
-        for i, (conn, mode) in enumerate(zip(topology.connections, modes)):
+        for i, (conn, mode) in enumerate(zip(topology.connections, modes, strict=True)):
             fn = topology.resolve_fn(conn, layout)
             if fn not in types:
                 msg = (
@@ -200,6 +204,7 @@ class CanvasAttention(nn.Module):
 
         Raises:
             CanvasValidationError: unknown kernel name.
+
         """
         check_kernel(kernel, "CanvasAttention.set_kernel")
         for group in self.groups:
@@ -235,7 +240,7 @@ def _check_write_modes(topology: CanvasTopology, write_modes: Sequence[str] | No
     if len(modes) != len(conns):
         msg = f"CanvasAttention: {len(modes)} write_modes for {len(conns)} connections; give one per connection"
         raise CanvasValidationError(msg)
-    for i, (conn, mode) in enumerate(zip(conns, modes)):
+    for i, (conn, mode) in enumerate(zip(conns, modes, strict=True)):
         if mode not in WRITE_MODES:
             msg = f"{conn.label} (#{i}): unknown write mode {mode!r}; choose one of {', '.join(WRITE_MODES)}"
             raise CanvasValidationError(msg)

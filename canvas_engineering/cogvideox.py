@@ -109,7 +109,7 @@ CanvasSpec = AttentionPlan | tuple[CanvasLayout, CanvasTopology] | None
 
 
 def count_trainable(module: nn.Module) -> int:
-    """Number of parameters of ``module`` with ``requires_grad`` (shared ones counted once)."""
+    """Count the parameters of ``module`` with ``requires_grad`` (shared ones once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -126,6 +126,7 @@ def freeze_full(model: nn.Module) -> int:
 
     Raises:
         CanvasValidationError: ``model`` has no looped blocks (nothing would stay trainable).
+
     """
     keep = {id(p) for w in looped_wrappers(model) for p in w.loop_parameters()}
     if not keep:
@@ -147,6 +148,7 @@ def freeze_half(model: nn.Module) -> int:
 
     Raises:
         CanvasValidationError: ``model`` has no ``patch_embed`` module.
+
     """
     patch_embed = getattr(model, "patch_embed", None)
     if not isinstance(patch_embed, nn.Module):
@@ -201,7 +203,7 @@ def _plan_is_dense(plan: AttentionPlan) -> bool:
 def joint_attention_mask(
     plan: AttentionPlan | None, text_len: int, video_len: int, text_rule: str, kernel: str = "auto"
 ) -> AttentionMask:
-    """The mask over the joint sequence ``[video (N), text (L)]`` (video first, see below).
+    """Build the mask over the joint sequence ``[video (N), text (L)]`` (video first, see below).
 
     Classes are the plan's (region, frame) classes for the video tokens plus one class for
     all text tokens, so the mask stays class-structured and the kernels never build an
@@ -217,6 +219,7 @@ def joint_attention_mask(
         video_len: N (must equal ``plan.num_positions`` when there is a plan).
         text_rule: ``"global"``, ``"condition"`` or ``"isolated"``.
         kernel: the kernel the mask prefers (see :data:`~canvas_engineering.kernels.KERNELS`).
+
     """
     if plan is None:
         video_classes = torch.zeros(video_len, dtype=torch.long)
@@ -281,6 +284,7 @@ class CanvasCogVideoXAttnProcessor:
         CanvasValidationError: bad ``text_rule`` or kernel; at call time, a plan whose
             ``T*H*W`` differs from the number of video tokens, or a ``beta`` that is not a
             finite number > 0.
+
     """
 
     def __init__(
@@ -303,12 +307,13 @@ class CanvasCogVideoXAttnProcessor:
         return f"CanvasCogVideoXAttnProcessor({plan}, text_rule={self.text_rule!r})"
 
     def joint_mask(self, plan: AttentionPlan | None, text_len: int, video_len: int) -> AttentionMask | None:
-        """The :func:`joint_attention_mask` a call runs (None: no mask, the stock computation).
+        """Return the :func:`joint_attention_mask` a call runs (None: no mask, the stock computation).
 
         Cached per (plan, text length, video length); the mask caches its device views.
 
         Raises:
             CanvasValidationError: the plan's ``T*H*W`` differs from ``video_len``.
+
         """
         if plan is not None and plan.num_positions != video_len:
             layout = plan.layout
@@ -325,7 +330,8 @@ class CanvasCogVideoXAttnProcessor:
             skip = self.text_rule == "global" and dense and self.skip_dense_mask
             if len(self._masks) >= 8:  # a few (plan, text length) pairs in use at a time
                 self._masks.clear()
-            self._masks[key] = None if skip else joint_attention_mask(plan, text_len, video_len, self.text_rule, self.kernel)
+            joint = None if skip else joint_attention_mask(plan, text_len, video_len, self.text_rule, self.kernel)
+            self._masks[key] = joint
         return self._masks[key]
 
     def mask(
@@ -348,6 +354,7 @@ class CanvasCogVideoXAttnProcessor:
 
         Raises:
             CanvasValidationError: the plan's ``T*H*W`` differs from ``video_len``.
+
         """
         joint = self.joint_mask(plan, text_len, video_len)
         if joint is None:
@@ -380,6 +387,7 @@ class CanvasCogVideoXAttnProcessor:
             image_rotary_emb: rotary embeddings of the video tokens (CogVideoX-5B), or None.
             beta: sharpening factor multiplying the attention logits.
             canvas_plan: overrides the processor's plan for this call.
+
         """
         beta = float(beta)
         if not (math.isfinite(beta) and beta > 0):
@@ -427,7 +435,8 @@ class CanvasCogVideoXAttnProcessor:
         elif attention_mask is not None:
             bias, valid = mask.dense_bias(query.device, query.dtype)
             extra = torch.roll(attention_mask, shifts=(-text_len, -text_len), dims=(-2, -1))  # -> [video, text]
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias + extra, scale=beta / math.sqrt(head_dim))
+            scale = beta / math.sqrt(head_dim)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias + extra, scale=scale)
             out = out * valid[:, None]  # a query with no allowed key gets 0
         else:
             out = softmax_attention(query, key, value, mask, beta)  # the kernels of CanvasAttention
@@ -473,6 +482,7 @@ def install_canvas_processor(
 
     Raises:
         CanvasValidationError: ``model`` has no diffusers attention processors, or bad arguments.
+
     """
     names = _processor_names(model, "install_canvas_processor")
     processor = CanvasCogVideoXAttnProcessor(
@@ -509,6 +519,7 @@ def wrap_transformer_blocks(model: nn.Module, max_loops: int = 3, checkpoint: bo
         CanvasValidationError: no ``transformer_blocks`` (the message names the model type),
             blocks already wrapped, or a block whose ``forward`` does not start with
             ``(hidden_states, encoder_hidden_states, ...)``.
+
     """
     blocks = getattr(model, "transformer_blocks", None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
@@ -598,6 +609,7 @@ def graft_looped_blocks(
         >>> looped, head = graft_looped_blocks(model, max_loops=3, freeze="full")  # doctest: +SKIP
         >>> model.canvas_trainable_parameters  # doctest: +SKIP
         351751
+
     """
     if freeze not in FREEZE_STRATEGIES:
         msg = f"graft_looped_blocks: freeze={freeze!r} must be one of {', '.join(map(repr, FREEZE_STRATEGIES))}"

@@ -47,6 +47,7 @@ class BlockView:
         block_size: tile side; the last block may be shorter.
         nonempty: (n_blocks, n_blocks) bool, the tile holds at least one allowed pair.
         full: (n_blocks, n_blocks) bool, every pair of the (whole) tile is allowed.
+
     """
 
     block_size: int
@@ -92,6 +93,7 @@ class AttentionPlan:
         cache: a :class:`~canvas_engineering.attention_mask.ViewCache` of what the plan builds
             on demand (block views, ``BlockMask`` per device, group masks); ``cache.clear()``
             drops it.
+
     """
 
     layout: CanvasLayout
@@ -182,7 +184,7 @@ class AttentionPlan:
         return BlockView(block_size, nonempty, full)
 
     def block_mask(self, block_size: int = 128, device: str | torch.device = "cpu") -> BlockMask:
-        """A FlexAttention ``BlockMask`` of the whole canvas, built from the block view (no N x N tensor).
+        """Return a FlexAttention ``BlockMask`` of the whole canvas, from the block view (no N x N tensor).
 
         Its ``mask_mod`` gathers from the class table, so partial tiles are exact. Cached per
         (block size, device) in :attr:`cache`.
@@ -221,7 +223,7 @@ class AttentionPlan:
         return pos[torch.argsort(key)]
 
     def group_mask(self, connections: Sequence[int], kernel: str = "auto") -> AttentionMask:
-        """The :class:`AttentionMask` of the connections at these indices, run as one group.
+        """Return the :class:`AttentionMask` of the connections at these indices, run as one group.
 
         Queries are the union of their src regions' positions, keys the union of their dst
         regions', both in :meth:`ordered_positions` order; the class table holds only these
@@ -231,13 +233,17 @@ class AttentionPlan:
         Raises:
             CanvasValidationError: an index that is not a connection of the topology, or an
                 unknown kernel.
+
         """
         check_kernel(kernel, "AttentionPlan.group_mask")
         count = len(self.topology.connections)
         indices = tuple(sorted(set(connections)))
         bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count]
         if bad or not indices:
-            msg = f"AttentionPlan.group_mask: connections {list(connections)!r} must be indices in [0, {count}) (at least one)"
+            msg = (
+                f"AttentionPlan.group_mask: connections {list(connections)!r} must be indices in [0, {count}) "
+                "(at least one)"
+            )
             raise CanvasValidationError(msg)
 
         def build_base() -> AttentionMask:
@@ -258,6 +264,7 @@ def compile_topology(layout: CanvasLayout, topology: CanvasTopology) -> Attentio
 
     Raises:
         ConnectionValidationError: a connection names a region the layout lacks.
+
     """
     topology.validate(layout)
     class_ids = layout.position_region_ids * layout.T + layout.position_frames
@@ -271,6 +278,7 @@ def compile_attention_mask(
 
     Raises:
         ConnectionValidationError: a connection names a region the layout lacks.
+
     """
     return compile_topology(layout, topology).dense_weights(device)
 
@@ -282,6 +290,7 @@ def compile_additive_mask(
 
     Raises:
         ConnectionValidationError: a connection names a region the layout lacks.
+
     """
     return compile_topology(layout, topology).additive_mask(device)
 

@@ -57,6 +57,7 @@ class TimestepEmbedding(nn.Module):
     Args:
         d_model: output width.
         frequency_dim: number of sinusoidal features.
+
     """
 
     def __init__(self, d_model: int, frequency_dim: int = 256) -> None:
@@ -92,6 +93,7 @@ class CanvasBlock(nn.Module):
             :func:`canvas_engineering.plugin_host.get_registry`).
 
     Shapes: ``forward(x (B, N, d), temb (B, d), beta) -> (B, N, d)``.
+
     """
 
     def __init__(
@@ -136,7 +138,7 @@ class CanvasBlock(nn.Module):
 
 
 def _looped_range(loop_blocks: object, depth: int) -> range:
-    """Indices of the blocks to wrap for ``loop_blocks`` (``"all"``, ``"none"`` or ``(start, stop)``)."""
+    """Return the indices of the blocks to wrap for ``loop_blocks`` (``"all"``, ``"none"`` or ``(start, stop)``)."""
     if loop_blocks == "all":
         return range(depth)
     if loop_blocks == "none":
@@ -206,6 +208,7 @@ class CanvasDiT(CanvasBackbone):
         >>> model.set_loops(2)
         >>> model(torch.randn(1, 320, 256), torch.tensor([10])).shape
         torch.Size([1, 320, 256])
+
     """
 
     def __init__(
@@ -285,4 +288,5 @@ class CanvasDiT(CanvasBackbone):
         return self.out(_modulate(self.final_norm(x), shift, scale))
 
     def extra_repr(self) -> str:
+        """Depth, width and loops, for ``print(model)``."""
         return f"depth={len(self.blocks)}, d_model={self.d_model}, max_loops={self.max_loops}"

@@ -34,11 +34,14 @@ SMALL_GROUP_PAIRS = 1 << 16
 
 
 def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool, pairs: int | None = None) -> str:
-    """Pick the kernel for ``"auto"``: flex on GPU; on CPU tile-packed SDPA, or dense SDPA for
-    groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk when known).
+    """Pick the kernel for ``"auto"``: flex on GPU; tile-packed or (small groups) dense SDPA on CPU.
+
+    Dense SDPA runs groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk
+    when known).
 
     Raises:
         CanvasValidationError: unknown kernel, or ``"flex"`` asked to train on the CPU.
+
     """
     check_kernel(kernel, "resolve_kernel")
     if kernel == "flex" and device.type == "cpu" and needs_grad:
@@ -65,7 +68,8 @@ def softmax_attention(
 
     Args:
         q: (B, H, nq, hd) queries in group order.
-        k: (B, H, nk, hd) keys; ``v``: (B, H, nk, hd) values.
+        k: (B, H, nk, hd) keys.
+        v: (B, H, nk, hd) values.
         mask: the group's mask.
         beta: sharpening factor multiplying the logits.
         scale: logit scale (default ``hd ** -0.5``).
@@ -75,6 +79,7 @@ def softmax_attention(
 
     Returns:
         (B, H, nq, hd).
+
     """
     scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -117,7 +122,7 @@ def _assemble(outs: list[torch.Tensor], plan: TilePlan, like: torch.Tensor) -> t
 
 
 def _in_order(plan: TilePlan) -> bool:
-    """The buckets' outputs already come in query-block order with none missing."""
+    """Tell whether the buckets' outputs already come in query-block order, none missing."""
     assembly = plan.assembly
     return bool(assembly.numel() == 0 or (assembly[0] == 0 and (assembly.diff() == 1).all()))
 
@@ -132,6 +137,12 @@ def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         vw = torch.stack([vb[:, s : s + nb] for s in k0s], dim=2)
         return qw, kw, vw
     return qb[:, bucket.q_blocks], kb[:, bucket.k_blocks], vb[:, bucket.k_blocks]
+
+
+def _window_shapes(qw, kw, vw, dims: tuple[int, int, int, int, int]) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+    """Windows as SDPA batches: (BH, nb, bs, hd) queries and (BH, nb, K*bs, hd) keys/values."""
+    bh, nb, bs, kn, hd = dims
+    return qw.reshape(bh, nb, bs, hd), kw.reshape(bh, nb, kn * bs, hd), vw.reshape(bh, nb, kn * bs, hd)
 
 
 def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
@@ -158,7 +169,7 @@ def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) ->
             o = F.scaled_dot_product_attention(qw, kw[:, None], vw[:, None], attn_mask=bias, scale=scale)
         else:
             qw, kw, vw = _windows(qb, kb, vb, bucket)  # each query block's key window
-            qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
+            qw, kw, vw = _window_shapes(qw, kw, vw, (B * H, nb, bs, kn, hd))
             bias = None if bias is None else bias[None]  # (1, nb, bs or 1, K*bs): 4-D keeps the fused kernel
             o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=scale)
         o = o.reshape(B * H, nb, bs, hd)
@@ -212,13 +223,13 @@ def score_attention(
 
     Returns:
         (B, H, nq, hd).
+
     """
     scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
     name = kernel or mask.kernel
     if name == "dense":
-        weights = mask.cache.get(
-            ("dense_weights", extra_mask, str(q.device), q.dtype), lambda: _dense_weights(mask, extra_mask).to(q.device, q.dtype)
-        )
+        key = ("dense_weights", extra_mask, str(q.device), q.dtype)
+        weights = mask.cache.get(key, lambda: _dense_weights(mask, extra_mask).to(q.device, q.dtype))
         logits = (q @ k.transpose(-1, -2)) * scale
         return normalize(logits, weights) @ v
     B, H, nq, hd = q.shape
@@ -230,10 +241,9 @@ def score_attention(
     for i, bucket in enumerate(plan.buckets):
         nb, kn = bucket.k_blocks.shape
         qw, kw, vw = _windows(qb, kb, vb, bucket)
-        qw, kw, vw = qw.reshape(B * H, nb, bs, hd), kw.reshape(B * H, nb, kn * bs, hd), vw.reshape(B * H, nb, kn * bs, hd)
-        weights = mask.cache.get(  # (nb, bs, K*bs), 0 where blocked
-            ("tile_weights", bs, extra, str(q.device), q.dtype, i), lambda b=bucket: b.bias.exp() * b.row_valid[..., None]
-        )
+        qw, kw, vw = _window_shapes(qw, kw, vw, (B * H, nb, bs, kn, hd))
+        key = ("tile_weights", bs, extra, str(q.device), q.dtype, i)
+        weights = mask.cache.get(key, lambda b=bucket: b.bias.exp() * b.row_valid[..., None])  # (nb, bs, K*bs)
         logits = (qw @ kw.transpose(-1, -2)) * scale
         o = normalize(logits, weights) @ vw
         outs.append(o.reshape(B * H, nb, bs * hd))

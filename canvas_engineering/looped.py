@@ -52,6 +52,7 @@ class LoopedBlockWrapper(nn.Module):
     Attributes:
         current_loops: passes run per forward (1 at construction; see :meth:`set_loops`).
         betas: per-loop sharpening factors (1.0 at construction; see :meth:`set_betas`).
+
     """
 
     def __init__(
@@ -94,7 +95,7 @@ class LoopedBlockWrapper(nn.Module):
         self.betas = betas
 
     def loop_parameters(self) -> list[nn.Parameter]:
-        """The loop-specific parameters (embeddings), without the block's."""
+        """Return the loop-specific parameters (embeddings), without the block's."""
         return [p for p in (self.loop_embeddings, self.stream_embeddings) if p is not None]
 
     def _pass(self, i: int, arguments: dict[str, Any]) -> Any:  # noqa: ANN401
@@ -124,11 +125,12 @@ class LoopedBlockWrapper(nn.Module):
             else:
                 out = self._pass(i, arguments)
             if isinstance(out, tuple):
-                for name, value in zip(names, out):
+                for name, value in zip(names, out, strict=False):  # a block may return fewer streams
                     arguments[name] = value
             else:
                 arguments[names[0]] = out
         return out
 
     def extra_repr(self) -> str:
+        """Loops and checkpointing, for ``print(model)``."""
         return f"max_loops={self.max_loops}, current_loops={self.current_loops}, checkpoint={self.checkpoint}"

@@ -49,8 +49,11 @@ _plan_compiler: PlanCompiler | None = None
 
 
 def set_plan_compiler(compiler: PlanCompiler | None) -> None:
-    """Register the function :meth:`CanvasTopology.to_attention_mask` and
-    :meth:`CanvasTopology.to_additive_mask` compile with (``None`` unregisters it)."""
+    """Register the compiler of the two 0.1.0 mask methods (``None`` unregisters it).
+
+    :meth:`CanvasTopology.to_attention_mask` and :meth:`CanvasTopology.to_additive_mask`
+    compile with it.
+    """
     global _plan_compiler
     _plan_compiler = compiler
 
@@ -99,6 +102,7 @@ class Connection:
     Raises:
         ConnectionValidationError: a field breaks its rule (message names the connection).
         UnknownAttentionTypeError: ``fn`` is neither declared nor installed.
+
     """
 
     src: str
@@ -178,6 +182,7 @@ class CanvasTopology:
 
     Args:
         connections: the operations, in order.
+
     """
 
     connections: tuple[Connection, ...] = field(default_factory=tuple)
@@ -204,7 +209,7 @@ class CanvasTopology:
 
     @classmethod
     def hub_spoke(cls, hub: str, spokes: Sequence[str], bidirectional: bool = True) -> CanvasTopology:
-        """Star: self-attention everywhere, the hub reads every spoke and (if bidirectional) each spoke reads the hub."""
+        """Star: self-attention everywhere; the hub reads every spoke, each spoke the hub if ``bidirectional``."""
         conns = [Connection(r, r) for r in [hub, *spokes]]
         for spoke in spokes:
             conns.append(Connection(hub, spoke))
@@ -214,7 +219,7 @@ class CanvasTopology:
 
     @classmethod
     def causal_chain(cls, regions: Sequence[str]) -> CanvasTopology:
-        """``A -> B -> C``: self-attention, and each region reads the one before it."""
+        """Chain ``A -> B -> C``: self-attention, and each region reads the one before it."""
         conns = [Connection(r, r) for r in regions]
         conns += [Connection(regions[i], regions[i - 1]) for i in range(1, len(regions))]
         return cls(conns)
@@ -230,6 +235,7 @@ class CanvasTopology:
 
         Raises:
             ConnectionValidationError: ``temporal_fill`` is ``INTERPOLATE`` (or not a fill mode).
+
         """
         try:
             temporal_fill = TemporalFill(temporal_fill)
@@ -274,6 +280,7 @@ class CanvasTopology:
 
         Raises:
             ConnectionValidationError: naming the connection, its index and the unknown region.
+
         """
         for i, c in enumerate(self.connections):
             for end in (c.src, c.dst):

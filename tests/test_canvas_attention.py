@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from canvas_engineering.plugins.attention.dot_product import CrossAttention
 
 import canvas_engineering.canvas_attention as canvas_attention_module
 from canvas_engineering.attention_mask import AttentionMask
@@ -21,10 +22,9 @@ from canvas_engineering.attention_type import AttentionType
 from canvas_engineering.canvas_attention import CanvasAttention
 from canvas_engineering.compiler import AttentionPlan, compile_topology
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
-from canvas_engineering.kernels import SMALL_GROUP_PAIRS, KERNELS, resolve_kernel
+from canvas_engineering.kernels import KERNELS, SMALL_GROUP_PAIRS, resolve_kernel
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.plugin_host import get_registry, hookimpl, register_plugin, unregister_plugin
-from canvas_engineering.plugins.attention.dot_product import CrossAttention
 from canvas_engineering.region import RegionSpec
 from canvas_engineering.topology import CanvasTopology, Connection
 

@@ -461,8 +461,9 @@ def test_backbone_argument_errors() -> None:
 
 
 def test_cogvideox_backbone_is_skipped_without_diffusers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from canvas_engineering.plugin_host import KindRegistry
     from canvas_engineering.plugins.backbones import cogvideox as plugin
+
+    from canvas_engineering.plugin_host import KindRegistry
 
     real = plugin.importlib.util.find_spec
     monkeypatch.setattr(
@@ -498,13 +499,17 @@ def test_graft_compiles_once_and_every_layer_shares_the_plan(monkeypatch: pytest
 BIG_T, BIG_H, BIG_W, BIG_TEXT = 4, 8, 8, 8
 
 
+def attn_qkv(attn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+    return attn.to_q(x), attn.to_k(x), attn.to_v(x)
+
+
 def processor_reference(proc, attn, hidden, text, beta):  # noqa: ANN001, ANN201
     """The processor's formula over the dense [text, video] mask it documents (float64)."""
     L = text.shape[1]
     bias, valid = proc.mask(proc.plan, L, hidden.shape[1], dtype=torch.float64)
     x = torch.cat([text, hidden], dim=1).double()
     heads = attn.heads
-    q, k, v = (t.view(x.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (attn.to_q(x), attn.to_k(x), attn.to_v(x)))
+    q, k, v = (t.view(x.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in attn_qkv(attn, x))
     q, k = attn.norm_q(q), attn.norm_k(k)
     logits = beta * (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5 + (0.0 if bias is None else bias)
     out = torch.softmax(logits, -1) @ v

@@ -139,7 +139,7 @@ def layouts(draw: st.DrawFn, slow: bool = False) -> CanvasLayout:
     edges = [0, *cuts, length]
     names = draw(st.permutations(["r0", "r1", "r2"]))[:k]  # random declaration order
     regions = {}
-    for name, lo, hi in zip(names, edges[:-1], edges[1:]):
+    for name, lo, hi in zip(names, edges[:-1], edges[1:], strict=False):
         if slow and draw(st.sampled_from([True, True, False])):  # 2..3 frames, period >= 2 (T >= 4)
             period = draw(st.sampled_from([3, 3, 2]))  # period 3 gaps give unequal distances
             t0 = draw(st.sampled_from(range(T - period)))

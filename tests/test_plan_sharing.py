@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,7 @@ def test_dit_compiles_once_and_every_block_shares_the_plan(
     assert len(calls) == 1, f"compile_topology ran {len(calls)} times for a depth-3 model"
     blocks = [getattr(b, "block", b) for b in model.blocks]
     assert all(b.attn.plan is model.plan for b in blocks)
-    for groups in zip(*(b.attn.groups for b in blocks)):
+    for groups in zip(*(b.attn.groups for b in blocks), strict=True):
         assert all(g.mask is groups[0].mask for g in groups), "blocks must share each group's mask"
     model.set_loops(2) if model.looped_blocks else None
     with torch.no_grad():
@@ -129,10 +129,10 @@ def test_set_kernel_changes_one_module_and_keeps_the_shared_cache() -> None:
     a, b = CanvasAttention(plan, d_model=D, n_heads=2), CanvasAttention(plan, d_model=D, n_heads=2)
     a.set_kernel("tiled")
     assert {g.mask.kernel for g in a.groups} == {"tiled"} and {g.mask.kernel for g in b.groups} == {"auto"}
-    for ga, gb in zip(a.groups, b.groups):
+    for ga, gb in zip(a.groups, b.groups, strict=True):
         assert ga.mask is not gb.mask and ga.mask.cache is gb.mask.cache
     a.set_kernel("auto")
-    assert all(ga.mask is gb.mask for ga, gb in zip(a.groups, b.groups))
+    assert all(ga.mask is gb.mask for ga, gb in zip(a.groups, b.groups, strict=True))
 
 
 def test_group_mask_is_built_once_per_plan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,7 +159,8 @@ def test_attention_types_come_from_the_given_registry() -> None:
     topology = CanvasTopology.causal_temporal(["video", "act"])
     attn = CanvasAttention(LAYOUT, topology, d_model=D, n_heads=2, registry=registry)
     assert [g.fn for g in attn.groups] == ["cross_attention"]
-    with pytest.raises(UnknownAttentionTypeError, match=r"'pooling' is not installed; installed types: cross_attention"):
+    only = r"'pooling' is not installed; installed types: cross_attention$"
+    with pytest.raises(UnknownAttentionTypeError, match=only):
         CanvasAttention(LAYOUT, TOPOLOGY, d_model=D, n_heads=2, registry=registry)
     with pytest.raises(UnknownAttentionTypeError, match="installed types: cross_attention"):
         CanvasDiT(LAYOUT, TOPOLOGY, depth=1, n_heads=2, registry=registry)
@@ -225,7 +226,11 @@ def test_kernels_build_their_views_once(kernel: str, monkeypatch: pytest.MonkeyP
     keys = set(mask.cache)
     built: list[object] = []
     original = ViewCache.get
-    monkeypatch.setattr(ViewCache, "get", lambda self, key, build: original(self, key, lambda: built.append(key) or build()))
+
+    def recording(self: ViewCache, key: object, build: Callable[[], object]) -> object:
+        return original(self, key, lambda: built.append(key) or build())
+
+    monkeypatch.setattr(ViewCache, "get", recording)
     with torch.no_grad():
         again = softmax_attention(q, k, v, mask)
     assert not built, f"{kernel}: rebuilt {built}"
@@ -253,7 +258,7 @@ def test_one_class_blocks_keep_one_bias_row() -> None:
     torch.testing.assert_close(tiled, dense, atol=1e-5, rtol=1e-5)
     grads = torch.autograd.grad(tiled.square().sum(), (q, k, v))
     ref = torch.autograd.grad(dense.square().sum(), (q, k, v))
-    for g, r in zip(grads, ref):
+    for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
@@ -285,20 +290,22 @@ def test_topology_never_imports_the_compiler() -> None:
 
     imports = _runtime_imports(Path(topology_module.__file__))
     assert "canvas_engineering.compiler" not in imports
-    assert not any(m.startswith("canvas_engineering.") and m.split(".")[1] in {"compiler", "canvas_attention", "kernels"}
-                   for m in imports)
+    higher = {"compiler", "attention_mask", "canvas_attention", "kernels"}
+    assert not any(m.startswith("canvas_engineering.") and m.split(".")[1] in higher for m in imports)
 
 
 def test_topology_mask_methods_equal_the_compiler_functions() -> None:
     torch.testing.assert_close(TOPOLOGY.to_attention_mask(LAYOUT), compile_attention_mask(LAYOUT, TOPOLOGY))
     torch.testing.assert_close(TOPOLOGY.to_additive_mask(LAYOUT), compile_additive_mask(LAYOUT, TOPOLOGY))
-    torch.testing.assert_close(compile_attention_mask(LAYOUT, TOPOLOGY), compile_topology(LAYOUT, TOPOLOGY).dense_weights())
+    plan = compile_topology(LAYOUT, TOPOLOGY)
+    torch.testing.assert_close(compile_attention_mask(LAYOUT, TOPOLOGY), plan.dense_weights())
 
 
 def test_canvas_check_is_public() -> None:
     canvas = SpatiotemporalCanvas(LAYOUT)
     canvas.check_canvas(torch.zeros(2, N, D))
-    with pytest.raises(CanvasValidationError, match=rf"canvas must have shape \(B, {N}, {D}\), got \(2, {N}, 3\)"):
+    expected = rf"canvas must have shape \(B, {N}, {D}\), got \(2, {N}, 3\)"
+    with pytest.raises(CanvasValidationError, match=expected):
         canvas.check_canvas(torch.zeros(2, N, 3))
     model = CanvasDiT(LAYOUT, TOPOLOGY, depth=1, n_heads=2)
     with pytest.raises(CanvasValidationError, match="canvas must have shape"):

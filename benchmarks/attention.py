@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine_note, peak_rss_bytes, rss_bytes, time_it, write_readme_section  # noqa: E402
+from _common import machine_note, peak_rss_bytes, rss_bytes, time_it, write_readme_section
 
 CASES = {
     "robot": dict(batch=2, d_model=256, heads=4),
@@ -27,7 +27,8 @@ CASES = {
 }
 
 
-def build_layout(case: str):  # noqa: ANN201
+def build_layout(case: str):
+    """Return the layout and topology of a benchmark ``case``."""
     from canvas_engineering import CanvasLayout, CanvasTopology
     from canvas_engineering.presets import computer_use_layout, robot_manipulation_schema
 
@@ -50,6 +51,7 @@ def matmul_rate() -> float:
 
 
 def run(case: str, impl: str, mode: str, repeat: int) -> dict:
+    """Time one ``case`` with one implementation and mode; return its timings and memory."""
     import torch
     import torch.nn.functional as F
 
@@ -108,6 +110,7 @@ def run(case: str, impl: str, mode: str, repeat: int) -> dict:
 
 
 def main() -> None:
+    """Run every case (each in a fresh process) and print or write the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
@@ -131,26 +134,31 @@ def main() -> None:
                 r = json.loads(out.strip().splitlines()[-1])
                 r["useful"] = r["flops"] / r["min"] / rate
                 rows.append(r)
-                print(f"{case:>9} {impl:>14} {mode:>8}: min {r['min'] * 1e3:9.1f} ms median {r['median'] * 1e3:9.1f} ms "
+                print(f"{case:>9} {impl:>14} {mode:>8}: "
+                      f"min {r['min'] * 1e3:9.1f} ms median {r['median'] * 1e3:9.1f} ms "
                       f"peak {r['peak'] / 2**20:8.1f} MiB useful {r['useful']:6.1%}", flush=True)
     by = {(r["case"], r["impl"], r["mode"]): r for r in rows}
     table = [
-        "| canvas | N | allowed pairs | measured | mode | CanvasAttention min / median | dense masked SDPA min / median | speed-up | useful work (canvas / dense) | peak memory (canvas / dense) |",
+        "| canvas | N | allowed pairs | measured | mode | CanvasAttention min / median "
+        "| dense masked SDPA min / median | speed-up | useful work (canvas / dense) | peak memory (canvas / dense) |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for case in args.cases:
         for what in ("core", "module"):
             for mode in ("fwd", "fwd+bwd"):
                 c, dn = by[(case, f"canvas {what}", mode)], by[(case, f"dense {what}", mode)]
+                measured = "attention core" if what == "core" else "module (with projections)"
                 table.append(
-                    f"| {case} | {c['N']:,} | {c['pairs'] / c['N'] ** 2:.1%} | {'attention core' if what == 'core' else 'module (with projections)'} | {mode} | "
-                    f"{c['min'] * 1e3:.1f} / {c['median'] * 1e3:.1f} ms | {dn['min'] * 1e3:.1f} / {dn['median'] * 1e3:.1f} ms | "
+                    f"| {case} | {c['N']:,} | {c['pairs'] / c['N'] ** 2:.1%} | {measured} | {mode} | "
+                    f"{c['min'] * 1e3:.1f} / {c['median'] * 1e3:.1f} ms | "
+                    f"{dn['min'] * 1e3:.1f} / {dn['median'] * 1e3:.1f} ms | "
                     f"{dn['min'] / c['min']:.1f}x | {c['useful']:.0%} / {dn['useful']:.0%} | "
                     f"{c['peak'] / 2**20:.0f} / {dn['peak'] / 2**20:.0f} MiB |"
                 )
     text = "\n".join(table) + (
-        f"\n\nfp32 matmul rate measured in the same run: {rate / 1e9:.0f} GFLOP/s. Batch 2; robot d_model 256 / 4 heads, "
-        f"others d_model 128 / 2 heads. Machine: {machine_note()}. `python benchmarks/attention.py --write-readme`."
+        f"\n\nfp32 matmul rate measured in the same run: {rate / 1e9:.0f} GFLOP/s. "
+        f"Batch 2; robot d_model 256 / 4 heads, others d_model 128 / 2 heads. Machine: {machine_note()}. "
+        "`python benchmarks/attention.py --write-readme`."
     )
     print(text)
     if args.write_readme:

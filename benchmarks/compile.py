@@ -15,15 +15,16 @@ import subprocess
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine_note, peak_rss_bytes, rss_bytes, time_it, write_readme_section  # noqa: E402
+from _common import machine_note, peak_rss_bytes, rss_bytes, time_it, write_readme_section
 
 CANVASES = ("robot", "computer")
 TOPOLOGIES = ("causal_temporal", "hub_spoke10")
 OUTPUTS = ("block plan", "dense mask", "baseline: fill NxN")
 
 
-def build(canvas: str, topology: str):  # noqa: ANN201
-    from canvas_engineering import CanvasLayout, CanvasTopology, Connection
+def build(canvas: str, topology: str):
+    """Return the layout and topology of a ``canvas`` preset wired by ``topology``."""
+    from canvas_engineering import CanvasTopology, Connection
     from canvas_engineering.presets import computer_use_layout, robot_manipulation_schema
 
     layout = robot_manipulation_schema().layout if canvas == "robot" else computer_use_layout()
@@ -39,6 +40,7 @@ def build(canvas: str, topology: str):  # noqa: ANN201
 
 
 def run_case(canvas: str, topology: str, output: str, repeat: int) -> dict:
+    """Time compiling one case to one ``output``; return its timings and peak memory."""
     import torch
 
     from canvas_engineering import compile_topology
@@ -56,10 +58,13 @@ def run_case(canvas: str, topology: str, output: str, repeat: int) -> dict:
     peak = peak_rss_bytes() - base
     del first
     t_min, t_med = time_it(fn, repeat=repeat, warmup=0)
-    return {"canvas": canvas, "N": n, "topology": topology, "output": output, "min": t_min, "median": t_med, "peak": peak}
+    return {
+        "canvas": canvas, "N": n, "topology": topology, "output": output, "min": t_min, "median": t_med, "peak": peak
+    }
 
 
 def main() -> None:
+    """Run every case (each in a fresh process) and print or write the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
@@ -81,7 +86,8 @@ def main() -> None:
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
                 print(f"{r['canvas']:>8} N={r['N']:>6} {r['topology']:>16} {r['output']:>18}: "
-                      f"min {r['min'] * 1e3:9.2f} ms  median {r['median'] * 1e3:9.2f} ms  peak {r['peak'] / 2**20:8.1f} MiB",
+                      f"min {r['min'] * 1e3:9.2f} ms  median {r['median'] * 1e3:9.2f} ms  "
+                      f"peak {r['peak'] / 2**20:8.1f} MiB",
                       flush=True)
     table = [
         "| canvas | N | topology | output | min | median | peak memory |",

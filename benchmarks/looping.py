@@ -61,7 +61,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fit_and_validate, machine_note, write_readme_section  # noqa: E402
+from _common import fit_and_validate, machine_note, write_readme_section
 
 #: The shared CanvasModule recipe of every run (change it here).
 RECIPE: dict[str, Any] = {
@@ -127,7 +127,7 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
 # -- models and runs ------------------------------------------------------------------------
 
 
-def build(job: dict[str, Any]):  # noqa: ANN201
+def build(job: dict[str, Any]):
     """Build the data module and model of a job (seeded by the job's seed)."""
     import lightning
     from canvas_engineering.datamodules import BouncingBallsDataModule
@@ -158,7 +158,7 @@ def is_loop_parameter(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in LOOP_PARAMETERS
 
 
-def apply_freeze(model: Any, level: str) -> None:  # noqa: ANN401
+def apply_freeze(model: Any, level: str) -> None:
     """Set ``requires_grad`` for a freeze level: ``full``, ``half`` or ``none`` (see the module docstring)."""
     if level not in ("full", "half", "none"):
         msg = f"freeze level {level!r} must be 'full', 'half' or 'none'"
@@ -172,7 +172,7 @@ def apply_freeze(model: Any, level: str) -> None:  # noqa: ANN401
                 p.requires_grad_(is_loop_parameter(name))
 
 
-def trainable(model: Any) -> int:  # noqa: ANN401
+def trainable(model: Any) -> int:
     """Count the parameters that train."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fit_and_validate, machine_note, write_readme_section  # noqa: E402
+from _common import fit_and_validate, machine_note, write_readme_section
 
 BASE: dict[str, Any] = {
     "backbone": "canvas_dit",
@@ -71,8 +71,13 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"video_attention": "local_attention"},
         "video reads video through local_attention (3 x 3 patches)",
     ),
+    "+lr 2e-3": (
+        {**PREDICT, "num_inference_steps": 1, "lr_decay": "cosine", "lr": 2e-3},
+        {"video_attention": "local_attention"},
+        "twice the learning rate (peak, before the cosine decay)",
+    ),
 }
-CHOSEN = "+local video attention"
+CHOSEN = "+lr 2e-3"
 REGIONS = ("video", "action", "reward")
 FRAMES = (4, 5, 6, 7)
 
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a tiny run (tests)")
     parser.add_argument("--out", default="runs/benchmarks/recipe.json")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the runs saved in --out of candidates not re-run (with --only)"
+    )
     args = parser.parse_args(argv)
     steps = 4 if args.quick else args.steps
     names = [CHOSEN, "before"] if args.quick else (args.only or list(CANDIDATES))
@@ -200,8 +208,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             runs.append(run)
     total = time.perf_counter() - start
-    result = {"runs": runs, "steps": steps, "jobs": args.jobs, "machine": machine_note(), "total": total}
     out = Path(args.out)
+    if args.merge and out.exists():
+        saved = json.loads(out.read_text())
+        kept = [r for r in saved["runs"] if r["name"] not in names and r["name"] in CANDIDATES]
+        runs = sorted(kept + runs, key=lambda r: (list(CANDIDATES).index(r["name"]), r["seed"]))
+        total += saved.get("total", 0.0)
+    result = {"runs": runs, "steps": steps, "jobs": args.jobs, "machine": machine_note(), "total": total}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     text = render(result)

@@ -17,15 +17,16 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine_note, write_readme_section  # noqa: E402
+from _common import machine_note, write_readme_section
 
 
 def run(kernel: str, steps: int) -> dict:
+    """Train the quick-start model ``steps`` steps with one attention ``kernel``; return its throughput."""
     import lightning.pytorch as pl
     import torch
+    from canvas_engineering.datamodules import BouncingBallsDataModule
 
     from canvas_engineering import CanvasModule
-    from canvas_engineering.datamodules import BouncingBallsDataModule
 
     pl.seed_everything(0)
     dm = BouncingBallsDataModule()
@@ -34,10 +35,10 @@ def run(kernel: str, steps: int) -> dict:
     times: list[float] = []
 
     class Clock(pl.Callback):
-        def on_train_batch_start(self, *args) -> None:  # noqa: ANN002
+        def on_train_batch_start(self, *args) -> None:
             self.t = time.perf_counter()
 
-        def on_train_batch_end(self, *args) -> None:  # noqa: ANN002
+        def on_train_batch_end(self, *args) -> None:
             times.append(time.perf_counter() - self.t)
 
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
@@ -55,16 +56,22 @@ def run(kernel: str, steps: int) -> dict:
 
 
 def main() -> None:
+    """Run both kernels and print or write the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     rows = [run(k, args.steps) for k in ("tiled", "dense")]
-    table = ["| attention kernel | positions / s (min / median) | wall time for {} steps | final val loss |".format(args.steps),
+    table = [f"| attention kernel | positions / s (min / median) | wall time for {args.steps} steps | final val loss |",
              "|---|---:|---:|---:|"]
     for r in rows:
-        table.append(f"| {r['kernel']} | {r['min']:,.0f} / {r['median']:,.0f} | {r['wall']:.1f} s | {r['val_loss']:.4f} |")
-    text = "\n".join(table) + f"\n\nQuick-start network (canvas DiT depth 3, d_model 64, batch 16, 8x5x4 canvas). Machine: {machine_note()}."
+        table.append(
+            f"| {r['kernel']} | {r['min']:,.0f} / {r['median']:,.0f} | {r['wall']:.1f} s | {r['val_loss']:.4f} |"
+        )
+    text = "\n".join(table) + (
+        "\n\nQuick-start network (canvas DiT depth 3, d_model 64, batch 16, 8x5x4 canvas). "
+        f"Machine: {machine_note()}."
+    )
     print(text)
     if args.write_readme:
         write_readme_section("train", text)

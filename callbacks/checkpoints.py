@@ -135,8 +135,8 @@ class LoopCheckpoint(Callback):
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        outputs: Any,  # noqa: ANN401
-        batch: Any,  # noqa: ANN401
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         n, step = self.every_n_steps, trainer.global_step

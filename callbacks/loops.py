@@ -198,7 +198,7 @@ class LoopCurriculum(_RestoresOutsideFit):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         batch: Any,
-        batch_idx: int,  # noqa: ANN401
+        batch_idx: int,
     ) -> None:
         n = self._apply(trainer, pl_module)
         pl_module.log("loops/active", float(n), on_step=True, on_epoch=False, batch_size=1)
@@ -333,7 +333,7 @@ class AttentionSharpening(_RestoresOutsideFit):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         batch: Any,
-        batch_idx: int,  # noqa: ANN401
+        batch_idx: int,
     ) -> None:
         betas = self._apply(trainer, pl_module)
         pl_module.log_dict(

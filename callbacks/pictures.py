@@ -46,7 +46,7 @@ __all__ = ["CanvasPictures", "prediction_figure"]
 MAX_CURVES = 8
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a screen
@@ -269,8 +269,8 @@ class CanvasPictures(Callback):
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        outputs: Any,  # noqa: ANN401
-        batch: Any,  # noqa: ANN401
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:

@@ -17,6 +17,7 @@ def read_json_source(source: str | os.PathLike[str], kind: str, error: type[Exce
 
     Raises:
         error: the file cannot be read or the text is not valid JSON (naming where and why).
+
     """
     where = f"{kind} JSON"
     if isinstance(source, os.PathLike) or not str(source).lstrip().startswith(("{", "[")):
@@ -34,8 +35,8 @@ def read_json_source(source: str | os.PathLike[str], kind: str, error: type[Exce
         raise error(msg) from None
 
 
-def write_json(data: Any, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:  # noqa: ANN401
-    """``data`` as JSON text; with ``path``, also written there atomically (temp file + rename)."""
+def write_json(data: Any, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+    """Return ``data`` as JSON text; with ``path``, also written there atomically (temp file + rename)."""
     from canvas_engineering._atomic import atomic_write_text
 
     text = json.dumps(data, indent=indent)

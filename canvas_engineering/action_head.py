@@ -47,6 +47,7 @@ class ActionHead(nn.Module):
         >>> head = ActionHead(latent_dim=32, action_dim=7)
         >>> head(torch.randn(4, 5, 32)).shape
         torch.Size([4, 7])
+
     """
 
     def __init__(
@@ -66,7 +67,7 @@ class ActionHead(nn.Module):
         self.pool = pool
         widths = [latent_dim] + [hidden_dim] * (n_layers - 1) + [action_dim]
         layers: list[nn.Module] = []
-        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             if i:
                 layers.append(nn.GELU())
             layers.append(nn.Linear(w_in, w_out))
@@ -85,4 +86,5 @@ class ActionHead(nn.Module):
         return self.mlp(latents)
 
     def extra_repr(self) -> str:
+        """Return the pooling mode, for ``repr``."""
         return f"pool={self.pool!r}"

@@ -40,7 +40,7 @@ class AttentionType(nn.Module, ABC):
     #: True when connection weights act on scores (log-weight bias) rather than outputs
     score_based: ClassVar[bool] = True
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__()
         if not isinstance(d_model, int) or d_model < 1 or not isinstance(n_heads, int) or n_heads < 1:
             msg = f"attention type {self.name!r}: d_model ({d_model!r}) and n_heads ({n_heads!r}) must be positive integers"
@@ -65,7 +65,7 @@ class AttentionType(nn.Module, ABC):
 class QKVAttentionType(AttentionType):
     """Base for the dot-product family: q/k/v/out projections and head reshapes."""
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)

@@ -47,6 +47,7 @@ class CanvasLayout:
         ...     regions={"visual": (0, 5, 0, 6, 0, 6), "action": (0, 5, 6, 7, 0, 1)}, t_current=2)
         >>> layout.num_positions, layout.region_numel("visual")
         (320, 180)
+
     """
 
     T: int
@@ -60,7 +61,10 @@ class CanvasLayout:
         for name in ("T", "H", "W", "d_model"):
             check_positive_int(getattr(self, name), f"CanvasLayout.{name}", error=LayoutValidationError)
         if not isinstance(self.regions, Mapping):
-            msg = f"CanvasLayout.regions must be a mapping of name -> RegionSpec or bounds, got {type(self.regions).__name__}"
+            msg = (
+                "CanvasLayout.regions must be a mapping of name -> RegionSpec or bounds, "
+                f"got {type(self.regions).__name__}"
+            )
             raise LayoutValidationError(msg)
         specs: dict[str, RegionSpec] = {}
         for name, value in self.regions.items():
@@ -97,7 +101,7 @@ class CanvasLayout:
 
     def _check_in_grid(self, name: str, spec: RegionSpec) -> None:
         limits = (self.T, self.H, self.W)
-        for axis, hi, limit in zip("thw", spec.bounds[1::2], limits):
+        for axis, hi, limit in zip("thw", spec.bounds[1::2], limits, strict=True):
             if hi > limit:
                 msg = (
                     f"region {name!r} bounds {_fmt(spec.bounds)} lie outside the grid: "
@@ -124,7 +128,10 @@ class CanvasLayout:
         if inter.any():
             i, j = (int(v) for v in inter.nonzero()[0])
             a, b = names[i], names[j]
-            msg = f"region {b!r} bounds {_fmt(self.regions[b].bounds)} overlap region {a!r} bounds {_fmt(self.regions[a].bounds)}"
+            msg = (
+                f"region {b!r} bounds {_fmt(self.regions[b].bounds)} "
+                f"overlap region {a!r} bounds {_fmt(self.regions[a].bounds)}"
+            )
             raise LayoutValidationError(msg)
 
     # -- regions ---------------------------------------------------------------------
@@ -140,7 +147,7 @@ class CanvasLayout:
         return tuple(self.regions)
 
     def region_spec(self, name: str) -> RegionSpec:
-        """The ``RegionSpec`` of a region (raw tuples are already wrapped)."""
+        """Return the ``RegionSpec`` of a region (raw tuples are already wrapped)."""
         try:
             return self.regions[name]
         except KeyError:
@@ -152,7 +159,7 @@ class CanvasLayout:
         return self.region_spec(name).shape
 
     def region_numel(self, name: str) -> int:
-        """Number of positions of a region."""
+        """Return the number of positions of a region."""
         return self.region_spec(name).size
 
     def region_indices(self, name: str) -> torch.Tensor:
@@ -225,6 +232,7 @@ class CanvasLayout:
 
         Raises:
             LayoutValidationError: if ``canvas_t`` is not one of the region's frames.
+
         """
         spec = self.region_spec(name)
         check_int(
@@ -238,7 +246,7 @@ class CanvasLayout:
         return spec.bounds[0] + canvas_t * spec.period
 
     def canvas_frame(self, name: str, real_t: int) -> int | None:
-        """The region's frame index (from its start) holding real frame ``real_t``, or ``None``.
+        """Return the region's frame index (from its start) holding real frame ``real_t``, or ``None``.
 
         ``None`` when ``real_t`` falls between the region's frames or outside them.
         """
@@ -251,7 +259,7 @@ class CanvasLayout:
     # -- presentation -----------------------------------------------------------------
 
     def summary(self) -> str:
-        """A readable table of the grid and its regions."""
+        """Return a readable table of the grid and its regions."""
         n = self.num_positions
         lines = [
             f"CanvasLayout T={self.T} H={self.H} W={self.W} d_model={self.d_model} "

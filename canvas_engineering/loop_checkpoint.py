@@ -48,7 +48,7 @@ def _loop_blocks(model: nn.Module) -> dict[str, LoopedBlockWrapper]:
 
 
 def _freeze_strategy(model: nn.Module) -> str | None:
-    """The ``freeze_strategy`` attribute of the model or of its first submodule recording one."""
+    """Return the ``freeze_strategy`` attribute of the model or of its first submodule recording one."""
     for module in model.modules():
         value = getattr(module, "freeze_strategy", None)
         if value is not None:
@@ -105,6 +105,7 @@ def save_loop_checkpoint(
 
     Raises:
         LoopCheckpointError: ``extra_config`` holds a value ``weights_only`` loading refuses.
+
     """
     extra = dict(extra_config or {})
     _check_plain(extra, "extra_config")
@@ -191,6 +192,7 @@ def load_loop_checkpoint(model: nn.Module, path: str | os.PathLike[str], strict:
             does not fit the model (the message names the first offending parameter and, for
             a shape mismatch, both shapes).
         FileNotFoundError: ``path`` does not exist.
+
     """
     path = Path(path)
     payload = _read(path)

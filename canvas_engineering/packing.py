@@ -81,6 +81,7 @@ class TypeNode:
         fields: paths of its own fields (elements of a list of Fields included).
         children: nested typed objects and typed list elements, in declaration order.
         lists: typed list elements grouped by list (only lists with two or more).
+
     """
 
     path: str
@@ -209,6 +210,7 @@ class PackResult:
         placements: path -> ``(h0, h1, w0, w1)`` half-open cell ranges, in item order.
         unplaced: paths of the items that did not fit, in item order.
         height: rows used by the placed items (bottom of the last shelf).
+
     """
 
     placements: dict[str, tuple[int, int, int, int]]
@@ -252,7 +254,7 @@ def _height_at(items: Sequence[PackItem], W: int, strategy: LayoutStrategy) -> i
 def auto_size(
     items: Sequence[PackItem], strategy: LayoutStrategy = "packed", H: int | None = None, W: int | None = None
 ) -> tuple[int, int]:
-    """The grid ``(H, W)`` to pack ``items`` on, choosing whichever of ``H``/``W`` is ``None``.
+    """Return the grid ``(H, W)`` to pack ``items`` on, choosing whichever of ``H``/``W`` is ``None``.
 
     * Both free: the smallest square-ish grid that fits, i.e. the one minimising
       ``(max(H, W), H * W, |H - W|)`` over every width from the widest item up; on a
@@ -332,7 +334,7 @@ def hierarchical_pairs(root: TypeNode) -> list[tuple[str, str]]:
 
 
 def wire(policy: ConnectivityPolicy | CanvasTopology, root: TypeNode, paths: Sequence[str]) -> CanvasTopology:
-    """The ``CanvasTopology`` of a policy over the fields of ``root``.
+    """Return the ``CanvasTopology`` of a policy over the fields of ``root``.
 
     Args:
         policy: ``"hierarchical"`` (:func:`hierarchical_pairs`, no frame constraint);
@@ -345,6 +347,7 @@ def wire(policy: ConnectivityPolicy | CanvasTopology, root: TypeNode, paths: Seq
             as is.
         root: the walked object tree.
         paths: every field path, in region order.
+
     """
     if isinstance(policy, CanvasTopology):
         return policy

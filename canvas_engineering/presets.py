@@ -11,7 +11,7 @@ __all__ = ["PRESETS", "computer_use_layout", "multi_robot_schema", "robot_manipu
 
 
 def robot_manipulation_schema() -> CanvasSchema:
-    """The seed's robot-manipulation canvas (5x8x8, 320 positions) with a causal-temporal topology."""
+    """Return the seed's robot-manipulation canvas (5x8x8, 320 positions) with a causal-temporal topology."""
     layout = CanvasLayout(
         T=5, H=8, W=8, d_model=256,
         regions={
@@ -26,7 +26,7 @@ def robot_manipulation_schema() -> CanvasSchema:
 
 
 def computer_use_layout() -> CanvasLayout:
-    """The seed's computer-use canvas (16x32x32, 16,384 positions) with region frequencies."""
+    """Return the seed's computer-use canvas (16x32x32, 16,384 positions) with region frequencies."""
     return CanvasLayout(
         T=16, H=32, W=32, d_model=768,
         regions={

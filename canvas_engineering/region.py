@@ -36,6 +36,7 @@ class RegionSpec:
     Raises:
         RegionValidationError: when a field breaks its rule; the message names the
             field and the value (the layout adds the region name).
+
     """
 
     bounds: Bounds
@@ -53,12 +54,15 @@ class RegionSpec:
             msg = f"bounds {bounds!r} must be six integers (t0, t1, h0, h1, w0, w1)"
             raise RegionValidationError(msg)
         object.__setattr__(self, "bounds", tuple(int(b) for b in bounds))
-        for axis, (lo, hi) in zip("thw", zip(self.bounds[0::2], self.bounds[1::2])):
+        for axis, (lo, hi) in zip("thw", zip(self.bounds[0::2], self.bounds[1::2], strict=True), strict=True):
             if lo < 0:
                 msg = f"bounds {_fmt(self.bounds)}: {axis}0={lo} is negative"
                 raise RegionValidationError(msg)
             if hi <= lo:
-                msg = f"bounds {_fmt(self.bounds)}: {axis}1={hi} must be greater than {axis}0={lo} (empty or reversed extent)"
+                msg = (
+                    f"bounds {_fmt(self.bounds)}: {axis}1={hi} must be greater than {axis}0={lo} "
+                    "(empty or reversed extent)"
+                )
                 raise RegionValidationError(msg)
         check_positive_int(self.period, "period", error=RegionValidationError, sep=" ")
         check_bool(self.is_output, "is_output", error=RegionValidationError, sep=" ")

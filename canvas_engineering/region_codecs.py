@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.validation import check_choice, is_int
 from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.validation import check_choice, is_int
 
 __all__ = ["RegionDecoder", "RegionEncoder", "RegionFormat", "expected_shape", "parse_region_formats"]
 
@@ -36,6 +36,7 @@ class RegionFormat:
         channels: image channels (``"patches"``).
         patch_size: patch side in pixels (``"patches"``).
         dim: vector size per frame (``"vector"``/``"action"``).
+
     """
 
     kind: Literal["patches", "vector", "action"]

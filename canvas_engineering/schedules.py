@@ -98,7 +98,7 @@ class CurriculumScheduler:
         # smallest s with (s - warmup) * max_loops >= k * span, i.e. ceil(k * span / max_loops)
         return [warmup + -(-k * span // self.max_loops) for k in range(1, self.max_loops)]
 
-    def step(self, looped_blocks: Iterable[Any] | Any, step: int) -> int:  # noqa: ANN401
+    def step(self, looped_blocks: Iterable[Any] | Any, step: int) -> int:
         """Set the loop count of ``looped_blocks`` for ``step`` and return it.
 
         Args:

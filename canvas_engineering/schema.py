@@ -44,6 +44,7 @@ def transfer_distance(a: RegionSpec | Sequence[float], b: RegionSpec | Sequence[
     Raises:
         CanvasValidationError: a spec has no embedding, the dimensions differ, the
             specs declare different embedding models, or a vector is all zeros.
+
     """
     if isinstance(a, RegionSpec) and isinstance(b, RegionSpec):
         if a.embedding_model and b.embedding_model and a.embedding_model != b.embedding_model:
@@ -75,6 +76,7 @@ class CanvasSchema:
     Raises:
         ConnectionValidationError: the topology names a region the layout lacks.
         SchemaValidationError: metadata is not JSON-serialisable.
+
     """
 
     layout: CanvasLayout
@@ -110,7 +112,7 @@ class CanvasSchema:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
-        """The schema as JSON text; with ``path``, also written there atomically (temp file + rename)."""
+        """Return the schema as JSON text; with ``path``, also written there atomically (temp file + rename)."""
         return write_json(self.to_dict(), path, indent)
 
     @classmethod
@@ -119,6 +121,7 @@ class CanvasSchema:
 
         Raises:
             SchemaValidationError: unreadable file, invalid JSON, or a missing/bad key (named).
+
         """
         data, where = read_json_source(source, "schema", SchemaValidationError)
         return cls.from_dict(data, where=where)
@@ -189,7 +192,8 @@ class CanvasSchema:
             for (name_b, spec_b) in theirs:
                 if len(spec_a.semantic_embedding) != len(spec_b.semantic_embedding):
                     continue
-                if spec_a.embedding_model and spec_b.embedding_model and spec_a.embedding_model != spec_b.embedding_model:
+                model_a, model_b = spec_a.embedding_model, spec_b.embedding_model
+                if model_a and model_b and model_a != model_b:
                     continue
                 d = transfer_distance(spec_a, spec_b)
                 if d <= threshold:
@@ -218,14 +222,14 @@ class _KeyReader:
             raise SchemaValidationError(msg)
         return value
 
-    def get(self, obj: Mapping[str, Any], name: str, parent: str) -> Any:  # noqa: ANN401
+    def get(self, obj: Mapping[str, Any], name: str, parent: str) -> Any:
         if name not in obj:
             full = f"{parent}.{name}" if parent else name
             msg = f"{self.where}: missing key {full!r}"
             raise SchemaValidationError(msg)
         return obj[name]
 
-    def build(self, kind: type, kwargs: dict[str, Any], key: str) -> Any:  # noqa: ANN401
+    def build(self, kind: type, kwargs: dict[str, Any], key: str) -> Any:
         try:
             return kind(**kwargs)
         except TypeError as err:

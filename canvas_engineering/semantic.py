@@ -61,7 +61,7 @@ class HasLayout(Protocol):
 
 
 def auto_semantic_type(path: str) -> str:
-    """A readable description of a region path.
+    """Return a readable description of a region path.
 
     Dots, list brackets and underscores become spaces; case is kept.
 
@@ -79,7 +79,7 @@ def auto_semantic_type(path: str) -> str:
 
 
 def hashing_embed(text: str, dim: int = 64) -> tuple[float, ...]:
-    """A deterministic toy text embedding: hashed bag of character trigrams, L2-normalised.
+    """Return a deterministic toy text embedding: hashed bag of character trigrams, L2-normalised.
 
     The text is lower-cased, its whitespace collapsed and padded with spaces; each
     character trigram adds ``+1`` or ``-1`` (both chosen by a BLAKE2b hash of the trigram)
@@ -89,6 +89,7 @@ def hashing_embed(text: str, dim: int = 64) -> tuple[float, ...]:
 
     Raises:
         CanvasValidationError: ``text`` is not a string or ``dim`` is not an integer >= 1.
+
     """
     if not isinstance(text, str):
         msg = f"hashing_embed: text must be a string, got {type(text).__name__}"
@@ -124,6 +125,7 @@ def compute_semantic_embeddings(
     Raises:
         RegionValidationError: ``embed_fn`` returned something that is not a finite 1-D
             vector, or vectors of different sizes; the message names the path.
+
     """
     if not callable(embed_fn):
         msg = f"compute_semantic_embeddings: embed_fn must be callable, got {type(embed_fn).__name__}"
@@ -190,6 +192,7 @@ class SemanticConditioner(nn.Module):
         >>> bound = compile_schema(Robot(), T=4, d_model=32, embed_fn=hashing_embed)
         >>> cond = SemanticConditioner(bound.layout)
         >>> canvas = cond(bound.create_batch(2))  # (2, N, 32), each region shifted by its vector
+
     """
 
     def __init__(

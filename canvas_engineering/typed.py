@@ -131,6 +131,7 @@ class Field:
         ... class Arm:
         ...     joints: Field = Field(1, 7, family="state")
         ...     command: Field = Field(1, 7, loss_weight=2.0, family="action")
+
     """
 
     h: int = 1  #: rows per frame
@@ -157,6 +158,7 @@ class Field:
         Raises:
             FieldValidationError: naming ``path``, the option, its value and the rule.
             UnknownAttentionTypeError: ``attn`` is not a known attention type (names ``path``).
+
         """
         error = functools.partial(FieldValidationError, path=path)
         where = f"field {path!r}: "
@@ -213,6 +215,7 @@ class RegionView:
     Args:
         bound: the bound schema.
         path: the field's dotted path (its region name).
+
     """
 
     bound: BoundSchema = dataclasses.field(repr=False)
@@ -244,14 +247,14 @@ class RegionView:
         return self.spec.size
 
     def place(self, canvas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """A copy of ``canvas`` (B, N, d_model) with this region set to ``x`` (differentiable).
+        """Return a copy of ``canvas`` (B, N, d_model) with this region set to ``x`` (differentiable).
 
         ``x`` is (B, n, d_model) or (B, frames, h, w, d_model).
         """
         return self.bound._ops.place(canvas, x, self.path)
 
     def extract(self, canvas: torch.Tensor, *, grid: bool = False) -> torch.Tensor:
-        """The region's tokens: (B, n, d_model), or (B, frames, h, w, d_model) with ``grid=True``."""
+        """Return the region's tokens: (B, n, d_model), or (B, frames, h, w, d_model) with ``grid=True``."""
         tokens = self.bound._ops.extract(canvas, self.path)
         return tokens.reshape(tokens.shape[0], *self.shape, tokens.shape[-1]) if grid else tokens
 
@@ -270,6 +273,7 @@ class BoundSchema:
         >>> batch = bound.create_batch(2)                       # (2, N, 32) zeros
         >>> batch = bound["arm.joints"].place(batch, joints)     # (2, n, 32) tokens
         >>> bound["arm.joints"].extract(batch).shape
+
     """
 
     schema: CanvasSchema
@@ -322,25 +326,25 @@ class BoundSchema:
         return SpatiotemporalCanvas(self.layout)  # place/extract only; never trained
 
     def build_canvas(self) -> SpatiotemporalCanvas:
-        """A new ``SpatiotemporalCanvas`` (encodings + learned region embeddings) for the layout."""
+        """Return a new ``SpatiotemporalCanvas`` (encodings + learned region embeddings) for the layout."""
         return SpatiotemporalCanvas(self.layout)
 
     def create_batch(
         self, batch_size: int, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """A zero canvas batch of shape ``(batch_size, N, d_model)``."""
+        """Return a zero canvas batch of shape ``(batch_size, N, d_model)``."""
         return self._ops.create_empty(batch_size, device=device, dtype=dtype)
 
     def to_dict(self) -> dict[str, Any]:
-        """The schema's JSON-ready dict."""
+        """Return the schema's JSON-ready dict."""
         return self.schema.to_dict()
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
-        """The schema as JSON (see :meth:`CanvasSchema.to_json`)."""
+        """Return the schema as JSON (see :meth:`CanvasSchema.to_json`)."""
         return self.schema.to_json(path, indent=indent)
 
     def summary(self) -> str:
-        """A readable table of fields, their regions and the wiring."""
+        """Return a readable table of fields, their regions and the wiring."""
         lay = self.layout
         used = sum(spec.size for spec in lay.regions.values())
         typed = self.schema.metadata.get("typed", {})
@@ -415,6 +419,7 @@ def compile_schema(
         PackingError: the fields do not fit on the given ``H x W`` (names them).
         TypedSchemaError: no Field found, a class that needs arguments, or an unknown
             policy / strategy name.
+
     """
     for name, value in (("T", T), ("d_model", d_model)):
         check_positive_int(value, f"compile_schema: {name}", error=TypedSchemaError)

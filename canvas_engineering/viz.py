@@ -20,7 +20,7 @@ __all__ = ["layout_figure", "mask_figure", "save_figure"]
 MAX_DENSE_PICTURE = 4096
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a screen
@@ -59,7 +59,7 @@ def layout_figure(layout: CanvasLayout, max_frames: int = 8) -> Figure:
 
 
 def mask_figure(plan: AttentionPlan, block_size: int = 64) -> Figure:
-    """The compiled attention mask (weights); block tiles when N is large."""
+    """Plot the compiled attention mask (weights); block tiles when N is large."""
     plt = _pyplot()
     n = plan.num_positions
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -81,8 +81,9 @@ def mask_figure(plan: AttentionPlan, block_size: int = 64) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save a figure as PNG atomically and close it."""
-    from canvas_engineering._atomic import atomic_write_bytes
     import io
+
+    from canvas_engineering._atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

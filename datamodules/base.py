@@ -73,6 +73,7 @@ class TensorDictDataset(Dataset):
 
     Raises:
         CanvasValidationError: the tensors disagree on ``n`` (the message names them).
+
     """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -97,6 +98,7 @@ class BaselineDataset(Dataset):
         dataset: the split (items are dicts of region tensors).
         baselines: baseline name -> region -> a tensor, either ``(n, *sample_shape)`` (one
             prediction per item) or ``sample_shape`` (the same for every item).
+
     """
 
     def __init__(self, dataset: Dataset, baselines: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
@@ -133,6 +135,7 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
 
     Raises:
         CanvasValidationError: a bad argument, named with its value.
+
     """
 
     def __init__(self, *, batch_size: int, num_workers: int, seed: int, d_model: int) -> None:

@@ -26,8 +26,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
+from torch.utils.data import Dataset
 
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region import RegionSpec
@@ -46,7 +46,10 @@ __all__ = [
 
 
 def render_balls(track: np.ndarray, present: np.ndarray, size: int, ball_sigma: float) -> np.ndarray:
-    """Gaussian blobs at ball positions: ``track (n, T, k, 2)``, ``present (n, k)`` -> ``(n, T, size, size)`` in [0, 1]."""
+    """Render Gaussian blobs at ball positions.
+
+    ``track (n, T, k, 2)``, ``present (n, k)`` -> ``(n, T, size, size)`` in [0, 1].
+    """
     grid = np.arange(size, dtype=np.float64)
     gy = np.exp(-((grid - track[..., 0:1]) ** 2) / (2 * ball_sigma**2))  # (n, T, k, size), separable
     gx = np.exp(-((grid - track[..., 1:2]) ** 2) / (2 * ball_sigma**2))
@@ -189,6 +192,7 @@ class BouncingBallsDataModule(CanvasDataModule):
         >>> dm.setup("fit")
         >>> {k: tuple(v.shape) for k, v in next(iter(dm.train_dataloader())).items()}
         {'video': (4, 8, 1, 16, 16), 'action': (4, 8, 2), 'reward': (4, 8, 1)}
+
     """
 
     def __init__(
@@ -231,7 +235,8 @@ class BouncingBallsDataModule(CanvasDataModule):
         self.check_choice("topology", topology, ("causal_temporal", "dense"))
         self.check_float("action_loss_weight", action_loss_weight, minimum=0.0, maximum=1e6)
         if not isinstance(video_attention, str) or not video_attention:
-            self._fail("video_attention", video_attention, "must be an attention type name (canvas-engineering plugins)")
+            rule = "must be an attention type name (canvas-engineering plugins)"
+            self._fail("video_attention", video_attention, rule)
         for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             self.check_int(name, value, minimum=1)
         self.frames, self.size, self.patch_size = frames, size, patch_size
@@ -298,9 +303,12 @@ class BouncingBallsDataModule(CanvasDataModule):
         return TensorDictDataset(tensors)
 
     def baselines(self, split: Split, dataset: Dataset) -> dict[str, dict[str, torch.Tensor]]:
-        """``"mean"`` and ``"constant_velocity"``: each ball continues from its true position and
+        """Return the ``"mean"`` and ``"constant_velocity"`` baselines.
+
+        Constant velocity: each ball continues from its true position and
         velocity at the last context frame, without pushes or damping, reflected off the walls;
-        the video is rendered from those positions and the reward computed from them."""
+        the video is rendered from those positions and the reward computed from them.
+        """
         out = super().baselines(split, dataset)
         state = self._state[split]
         last = self.t_current - 1

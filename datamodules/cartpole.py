@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 
-from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.errors import MissingDependencyError
+from canvas_engineering.errors import CanvasValidationError, MissingDependencyError
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region_codecs import RegionFormat
 from canvas_engineering.schema import CanvasSchema
@@ -41,7 +40,7 @@ def heuristic_action(obs: np.ndarray) -> int:
     return int(obs[2] + 0.5 * obs[3] > 0)
 
 
-def _make_env(max_episode_steps: int, reward_mode: str):  # noqa: ANN202
+def _make_env(max_episode_steps: int, reward_mode: str):
     try:
         import gymnasium as gym
     except ImportError as err:
@@ -135,6 +134,7 @@ class CartPoleDataModule(CanvasDataModule):
     Raises:
         CanvasValidationError: a bad argument, named with its value.
         MissingDependencyError: gymnasium is not installed (when data is built).
+
     """
 
     def __init__(

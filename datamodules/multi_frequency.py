@@ -109,6 +109,7 @@ class MultiFrequencyDataModule(CanvasDataModule):
 
     Raises:
         CanvasValidationError: a bad argument, named with its value.
+
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TopologyKind
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from canvas_engineering.errors import MissingDependencyError, VideoFolderError
@@ -35,7 +35,7 @@ __all__ = ["VIDEO_EXTENSIONS", "VideoClipDataset", "VideoFolderDataModule", "Vid
 VIDEO_EXTENSIONS: tuple[str, ...] = (".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm")
 
 
-def _av():  # noqa: ANN202
+def _av():
     try:
         import av
     except ImportError as err:
@@ -70,6 +70,7 @@ def read_video(
 
     Raises:
         VideoFolderError: the file cannot be decoded (names the file).
+
     """
     av = _av()
     fmt = "gray" if channels == 1 else "rgb24"
@@ -114,6 +115,7 @@ class VideoClipDataset(Dataset):
         videos: decoded videos, each ``(n_frames, C, size, size)`` uint8.
         index: ``(video number, first frame)`` of each clip.
         frames: frames per clip.
+
     """
 
     def __init__(self, videos: list[torch.Tensor], index: list[tuple[int, int]], frames: int) -> None:
@@ -162,6 +164,7 @@ class VideoFolderDataModule(CanvasDataModule):
         CanvasValidationError: a bad argument, named with its value.
         VideoFolderError: ``root`` is not a folder, holds no video file, or a video file
             cannot be read (names the folder or the file).
+
     """
 
     def __init__(

@@ -53,6 +53,7 @@ class Example:
     Args:
         name: the example's name (default output folder ``runs/examples/<name>``).
         description: ``--help`` text (the module docstring).
+
     """
 
     def __init__(self, name: str, description: str | None) -> None:
@@ -64,7 +65,10 @@ class Example:
         )
         self.parser.add_argument("--quick", action="store_true", help="tiny run (seconds; what the tests run)")
         self.parser.add_argument(
-            "--out", type=Path, default=Path("runs") / "examples" / name, help="folder for the figures (default: %(default)s)"
+            "--out",
+            type=Path,
+            default=Path("runs") / "examples" / name,
+            help="folder for the figures (default: %(default)s)",
         )
         self.parser.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
         self.parser.add_argument(
@@ -84,7 +88,7 @@ class Example:
         self.out = args.out
         return args
 
-    def save(self, fig: Any, filename: str) -> str:  # noqa: ANN401
+    def save(self, fig: Any, filename: str) -> str:
         """Save a matplotlib figure as PNG (atomically) under the output folder; remember its path."""
         path = str(save(fig, self.out / filename))
         self.figures[Path(filename).stem] = path
@@ -107,7 +111,7 @@ class Example:
         print(f"wall time: {self.elapsed():.1f} s")
 
 
-def pyplot():  # noqa: ANN201
+def pyplot():
     """``matplotlib.pyplot`` on the headless Agg backend."""
     import matplotlib
 
@@ -117,7 +121,7 @@ def pyplot():  # noqa: ANN201
     return plt
 
 
-def save(fig: Any, path: str | os.PathLike[str]) -> Path:  # noqa: ANN401
+def save(fig: Any, path: str | os.PathLike[str]) -> Path:
     """:func:`canvas_engineering.viz.save_figure`: PNG written atomically, figure closed."""
     from canvas_engineering.viz import save_figure
 
@@ -131,18 +135,19 @@ class LossHistory(pl.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001, D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
 
 
-def fit(model: Any, datamodule: Any, steps: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:  # noqa: ANN401
+def fit(model: Any, datamodule: Any, steps: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train ``model`` for ``steps`` optimizer steps on the CPU with ``lightning.Trainer``.
 
     No logger, checkpoints or progress bar; validation is left to the caller.
 
     Returns:
         ``{"losses": [train loss per step], "seconds": wall time}``.
+
     """
     history = LossHistory()
     trainer = pl.Trainer(
@@ -164,8 +169,8 @@ def fit(model: Any, datamodule: Any, steps: int, callbacks: Sequence[Any] = ()) 
 
 
 @torch.no_grad()
-def validation_loss(model: Any, loader: Any, repeats: int = 2, seed: int = 1234) -> float:  # noqa: ANN401
-    """The model's training objective on ``loader`` (weighted data-space MSE over the noised positions).
+def validation_loss(model: Any, loader: Any, repeats: int = 2, seed: int = 1234) -> float:
+    """Return the model's training objective on ``loader`` (weighted data-space MSE over the noised positions).
 
     Noise and timesteps come from a fixed seed (the global RNG state is restored after), and the
     loader is passed ``repeats`` times, so two models are scored on the same draws.
@@ -191,14 +196,14 @@ def validation_loss(model: Any, loader: Any, repeats: int = 2, seed: int = 1234)
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """Plain-text table lines (numbers formatted to 4 significant digits)."""
 
-    def cell(v: Any) -> str:  # noqa: ANN401
+    def cell(v: Any) -> str:
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.4g}"
         return str(v)
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return lines

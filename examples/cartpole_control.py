@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Example, fit, format_table, pyplot  # noqa: E402
+from _common import Example, fit, format_table, pyplot
 
 NAME = "cartpole_control"
 FULL = {
@@ -49,8 +49,8 @@ QUICK = {
 FRAMES, PLAN_WIDTH, RANDOM_ACTION_PROB = 8, 2, 0.3
 
 
-def plan_schema(dm: Any, plan_width: int = PLAN_WIDTH):  # noqa: ANN401, ANN201
-    """The datamodule's canvas plus a latent ``plan`` column block; observations as context."""
+def plan_schema(dm: Any, plan_width: int = PLAN_WIDTH):
+    """Return the datamodule's canvas plus a latent ``plan`` column block; observations as context."""
     from canvas_engineering import CanvasLayout, CanvasSchema, CanvasTopology, Connection, RegionSpec
 
     base = dm.schema.layout
@@ -58,7 +58,10 @@ def plan_schema(dm: Any, plan_width: int = PLAN_WIDTH):  # noqa: ANN401, ANN201
     regions["obs"] = dataclasses.replace(regions["obs"], is_output=False)  # given, never noised
     regions["plan"] = RegionSpec((0, base.T, 0, 1, base.W, base.W + plan_width), is_output=False)
     layout = CanvasLayout(T=base.T, H=1, W=base.W + plan_width, d_model=base.d_model, regions=regions, t_current=0)
-    same_frame = [("plan", "obs"), ("action", "obs"), ("action", "plan"), ("reward", "obs"), ("reward", "action"), ("reward", "plan")]
+    same_frame = [
+        ("plan", "obs"), ("action", "obs"), ("action", "plan"),
+        ("reward", "obs"), ("reward", "action"), ("reward", "plan"),
+    ]
     topology = CanvasTopology(
         [
             *CanvasTopology.causal_temporal(list(regions)).connections,
@@ -71,19 +74,20 @@ def plan_schema(dm: Any, plan_width: int = PLAN_WIDTH):  # noqa: ANN401, ANN201
 class LastBlockOutput:
     """Forward hook keeping the last output of the backbone's final block (hidden canvas tokens)."""
 
-    def __init__(self, model: Any) -> None:  # noqa: ANN401
+    def __init__(self, model: Any) -> None:
         self.value: torch.Tensor | None = None
         self.handle = model.backbone.blocks[-1].register_forward_hook(self._hook)
 
-    def _hook(self, module, inputs, output) -> None:  # noqa: ANN001
+    def _hook(self, module, inputs, output) -> None:
         self.value = (output[0] if isinstance(output, tuple) else output).detach()
 
     def remove(self) -> None:
+        """Detach the hook from the model."""
         self.handle.remove()
 
 
 @torch.no_grad()
-def held_out_accuracy(model: Any, dm: Any, steps: int, seed: int) -> dict[str, Any]:  # noqa: ANN401
+def held_out_accuracy(model: Any, dm: Any, steps: int, seed: int) -> dict[str, Any]:
     """Sample every test window's actions; accuracy vs the data and vs the heuristic; plan tokens."""
     from canvas_engineering.datamodules.cartpole import OBS_SCALE, heuristic_action
 
@@ -120,10 +124,9 @@ def held_out_accuracy(model: Any, dm: Any, steps: int, seed: int) -> dict[str, A
 
 
 @torch.no_grad()
-def learned_policy_returns(model: Any, episodes: int, max_steps: int, steps: int, seed: int) -> list[float]:  # noqa: ANN401
+def learned_policy_returns(model: Any, episodes: int, max_steps: int, steps: int, seed: int) -> list[float]:
     """Play ``episodes`` CartPole-v1 episodes in lock-step, one batched ``sample`` per env step."""
     import gymnasium as gym
-
     from canvas_engineering.datamodules.cartpole import OBS_SCALE
 
     model.eval()
@@ -161,7 +164,6 @@ def learned_policy_returns(model: Any, episodes: int, max_steps: int, steps: int
 def scripted_returns(policy: str, episodes: int, max_steps: int, seed: int) -> list[float]:
     """Episode returns of the seeded random policy or of the data's heuristic (same env seeds)."""
     import gymnasium as gym
-
     from canvas_engineering.datamodules.cartpole import heuristic_action
 
     rng = np.random.default_rng(seed)
@@ -199,7 +201,7 @@ def plan_pca(plan: torch.Tensor, angle: torch.Tensor, lean: torch.Tensor) -> dic
     return {"coords": coords, "explained": explained, "angle_corr": corr(angle), "lean_corr": corr(lean)}
 
 
-def pca_figure(pca: dict[str, Any], angle: torch.Tensor, chosen: torch.Tensor):  # noqa: ANN201
+def pca_figure(pca: dict[str, Any], angle: torch.Tensor, chosen: torch.Tensor):
     """Two scatter panels of the plan field's PCA: coloured by pole angle and by the chosen action."""
     plt = pyplot()
     coords = pca["coords"].numpy()
@@ -226,12 +228,12 @@ def pca_figure(pca: dict[str, Any], angle: torch.Tensor, chosen: torch.Tensor): 
     return fig
 
 
-def returns_figure(returns: dict[str, list[float]], max_steps: int):  # noqa: ANN201
+def returns_figure(returns: dict[str, list[float]], max_steps: int):
     """Episode returns per policy: mean bars with every episode as a dot."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = ["#4A90D9", "#95A5A6", "#5CB85C"]
-    for k, (name, values) in enumerate(returns.items()):
+    for k, values in enumerate(returns.values()):
         ax.bar(k, float(np.mean(values)), color=colors[k % 3], alpha=0.6)
         ax.scatter(k + np.linspace(-0.25, 0.25, len(values)), values, color=colors[k % 3], s=10, zorder=3)
     ax.axhline(max_steps, color="k", lw=0.8, ls=":", label=f"episode limit ({max_steps})")
@@ -254,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(args, key):
             cfg[key] = getattr(args, key)
 
-    from canvas_engineering import CanvasModule, compile_topology
     from canvas_engineering.datamodules import CartPoleDataModule
+
+    from canvas_engineering import CanvasModule, compile_topology
     from canvas_engineering.viz import layout_figure, mask_figure
 
     dm = CartPoleDataModule(
@@ -275,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     held = held_out_accuracy(model, dm, cfg["inference_steps"], args.seed)
     print(f"playing {cfg['episodes']} episodes per policy...", flush=True)
     returns = {
-        "learned": learned_policy_returns(model, cfg["episodes"], cfg["max_episode_steps"], cfg["inference_steps"], args.seed),
+        "learned": learned_policy_returns(
+            model, cfg["episodes"], cfg["max_episode_steps"], cfg["inference_steps"], args.seed
+        ),
         "random": scripted_returns("random", cfg["episodes"], cfg["max_episode_steps"], args.seed),
         "heuristic": scripted_returns("heuristic", cfg["episodes"], cfg["max_episode_steps"], args.seed),
     }
@@ -291,13 +296,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ceiling = 1 - RANDOM_ACTION_PROB / 2
     lines = [
         f"canvas DiT depth {cfg['depth']}, d_model {cfg['d_model']}, {cfg['steps']} steps x batch {cfg['batch_size']} "
-        f"on {cfg['n_train']} windows of {FRAMES} steps ({run['seconds']:.0f} s); {cfg['inference_steps']} denoising steps",
+        f"on {cfg['n_train']} windows of {FRAMES} steps ({run['seconds']:.0f} s); "
+        f"{cfg['inference_steps']} denoising steps",
         "",
         f"held-out action accuracy ({cfg['n_test']} test windows x {FRAMES} steps):",
-        f"  vs the data's actions:    {held['accuracy']:.3f}  (ceiling ~{ceiling:.2f}: {RANDOM_ACTION_PROB:.0%} of them were random)",
+        f"  vs the data's actions:    {held['accuracy']:.3f}  "
+        f"(ceiling ~{ceiling:.2f}: {RANDOM_ACTION_PROB:.0%} of them were random)",
         f"  vs the heuristic expert:  {held['expert_agreement']:.3f}",
         "",
-        f"episode return over {cfg['episodes']} episodes (CartPole-v1, limit {cfg['max_episode_steps']} steps, same env seeds):",
+        f"episode return over {cfg['episodes']} episodes "
+        f"(CartPole-v1, limit {cfg['max_episode_steps']} steps, same env seeds):",
         *format_table(
             ["policy", "mean return", "std", "min", "max"],
             [[k, mean[k], std[k], min(v), max(v)] for k, v in returns.items()],

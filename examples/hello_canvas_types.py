@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Example  # noqa: E402
+from _common import Example
 
 NAME = "hello_canvas_types"
 
@@ -28,11 +28,11 @@ NAME = "hello_canvas_types"
 def hello(out: Path, steps: int, n_train: int, depth: int) -> dict[str, Any]:
     """Declare, compile, train, draw: the example's user code."""
     import lightning.pytorch as pl
+    from canvas_engineering.callbacks import LoopCurriculum, prediction_figure
+    from canvas_engineering.datamodules import BouncingBallsDataModule, TensorDictDataset
     from torch.utils.data import DataLoader
 
     from canvas_engineering import CanvasModule, Field, compile_schema, compile_topology
-    from canvas_engineering.callbacks import LoopCurriculum, prediction_figure
-    from canvas_engineering.datamodules import BouncingBallsDataModule, TensorDictDataset
     from canvas_engineering.viz import layout_figure, mask_figure, save_figure
 
     @dataclass
@@ -64,7 +64,9 @@ def hello(out: Path, steps: int, n_train: int, depth: int) -> dict[str, Any]:
     predicted["camera"][:, :4] = batch["camera"][:2, :4]  # frames 0-3 are the given context
     figures = {
         "layout": save_figure(layout_figure(bound.layout), out / "layout.png"),
-        "attention_mask": save_figure(mask_figure(compile_topology(bound.layout, bound.topology)), out / "attention_mask.png"),
+        "attention_mask": save_figure(
+            mask_figure(compile_topology(bound.layout, bound.topology)), out / "attention_mask.png"
+        ),
         "camera": save_figure(prediction_figure("camera", model.formats["camera"], batch["camera"][:2],
                                                 predicted["camera"], bound.layout), out / "predictions_camera.png"),
     }

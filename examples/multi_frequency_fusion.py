@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Example, fit, format_table, pyplot, validation_loss  # noqa: E402
+from _common import Example, fit, format_table, pyplot, validation_loss
 
 NAME = "multi_frequency_fusion"
 ALLOCATIONS = ("bandwidth", "flat")
@@ -54,8 +54,8 @@ FRAMES, T_CURRENT, COMPONENTS = 16, 8, 1
 STREAMS = ("fast", "medium", "slow", "mean")
 
 
-def make_datamodule(allocation: str, cfg: dict[str, int], seed: int):  # noqa: ANN201
-    """The data of one allocation: same samples, same split seeds, only the canvas differs."""
+def make_datamodule(allocation: str, cfg: dict[str, int], seed: int):
+    """Return the data of one allocation: same samples, same split seeds, only the canvas differs."""
     from canvas_engineering.datamodules import MultiFrequencyDataModule
 
     return MultiFrequencyDataModule(
@@ -80,7 +80,7 @@ def periods() -> dict[str, int]:
 
 
 def native_rate(x: torch.Tensor, period: int, allocation: str) -> torch.Tensor:
-    """A stream tensor ``(B, t, dim)`` at the stream's own rate (flat canvases: mean of held copies)."""
+    """Return a stream tensor ``(B, t, dim)`` at the stream's own rate (flat canvases: mean of held copies)."""
     if allocation == "flat" and period > 1:
         return x.unflatten(1, (x.shape[1] // period, period)).mean(2)
     return x
@@ -96,7 +96,7 @@ def _with_mean(table: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def forecast_errors(model: Any, dm: Any, steps: int, samples: int, seed: int) -> dict[str, Any]:  # noqa: ANN401
+def forecast_errors(model: Any, dm: Any, steps: int, samples: int, seed: int) -> dict[str, Any]:
     """Sample the future of every validation item ``samples`` times; MSE per stream, future samples only.
 
     Returns the MSE of the mean of the draws (``mse``), of the first draw alone
@@ -131,7 +131,7 @@ def forecast_errors(model: Any, dm: Any, steps: int, samples: int, seed: int) ->
     }
 
 
-def reference_errors(dm: Any) -> dict[str, dict[str, float]]:  # noqa: ANN401
+def reference_errors(dm: Any) -> dict[str, dict[str, float]]:
     """MSE of predicting 0 and of a linear least-squares forecaster (context of all streams -> future)."""
 
     def split(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -184,7 +184,7 @@ def train_allocation(allocation: str, cfg: dict[str, int], seed: int) -> dict[st
 COLORS = {"bandwidth": "#4A90D9", "flat": "#E8734A"}
 
 
-def results_figure(runs: dict[str, dict[str, Any]], ref: dict[str, dict[str, float]]):  # noqa: ANN201
+def results_figure(runs: dict[str, dict[str, Any]], ref: dict[str, dict[str, float]]):
     """Bar chart of forecast MSE per stream (with the references) and the training curves."""
     plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -214,11 +214,11 @@ def results_figure(runs: dict[str, dict[str, Any]], ref: dict[str, dict[str, flo
     return fig
 
 
-def predictions_figure(runs: dict[str, dict[str, Any]]):  # noqa: ANN201
+def predictions_figure(runs: dict[str, dict[str, Any]]):
     """One validation item: truth and both models' forecasts of channel 0 of each stream."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, (name, period) in zip(axes, periods().items()):
+    for ax, (name, period) in zip(axes, periods().items(), strict=True):
         truth = runs["bandwidth"]["example"][name][0][:, 0]
         times = torch.arange(len(truth)) * period
         future = times[first_future(period) :]

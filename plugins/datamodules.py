@@ -30,7 +30,7 @@ def _installed(package: str) -> bool:
 
 
 @hookimpl
-def register_datamodules(registry) -> None:  # noqa: ANN001
+def register_datamodules(registry) -> None:
     """Register the built-in datamodules of :data:`BUILTIN_DATAMODULES` whose packages are installed."""
     if not _installed("lightning"):
         return

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from canvas_fixtures import FORMATS, tiny_loader, tiny_schema  # noqa: E402
+from canvas_fixtures import FORMATS, tiny_loader, tiny_schema
 
-from canvas_engineering import CanvasModule  # noqa: E402
+from canvas_engineering import CanvasModule
 
 
 class RecordRank(pl.Callback):
@@ -24,11 +23,11 @@ class RecordRank(pl.Callback):
     def __init__(self, out: Path) -> None:
         self.out, self.batches, self.losses = out, [], []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches.append(float(batch["reward"].sum()))
         self.losses.append(float(outputs["loss"]))
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_end(self, trainer, pl_module) -> None:
         rank = trainer.global_rank
         (self.out / f"rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
@@ -45,7 +44,9 @@ def main() -> None:
     else:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
+        strategy = ModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False
+        )
     model = CanvasModule(tiny_schema(), FORMATS, backbone_config={"depth": 2, "n_heads": 2}, max_loops=2, lr=1e-3)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

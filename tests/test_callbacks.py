@@ -81,7 +81,7 @@ def loader(shuffle: bool = False) -> DataLoader:
     return DataLoader(TinyCanvasData(), batch_size=BATCH, shuffle=shuffle, num_workers=0)
 
 
-def trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> L.Trainer:  # noqa: ANN401
+def trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> L.Trainer:
     options = {
         "accelerator": "cpu",
         "devices": 1,
@@ -125,11 +125,11 @@ class Spy(Callback):
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:  # noqa: ANN401
+    ) -> None:
         """Training step ``global_step`` starts."""
         self.step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:  # noqa: ANN401
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Outside training steps nothing is recorded."""
         self.step = -1
 
@@ -223,7 +223,7 @@ def test_sharpening_seed_example() -> None:
         (lambda: CanvasPictures(num_samples=0), "num_samples=0"),
     ],
 )
-def test_arguments_are_validated(factory: Any, argument: str) -> None:  # noqa: ANN401
+def test_arguments_are_validated(factory: Any, argument: str) -> None:
     with pytest.raises(ValueError, match=argument.replace("(", r"\(").replace("[", r"\[")):
         factory()
 
@@ -280,7 +280,7 @@ def test_curriculum_refuses_a_model_without_loops(tmp_path: Path) -> None:
 N = BATCHES_PER_EPOCH  # stop at an epoch boundary: Lightning cannot resume mid-epoch with a plain DataLoader
 
 
-def _run(tmp_path: Path, max_steps: int, callbacks: list[Callback], ckpt_path: str | None = None, **kwargs: Any):  # noqa: ANN202, ANN401
+def _run(tmp_path: Path, max_steps: int, callbacks: list[Callback], ckpt_path: str | None = None, **kwargs: Any):
     L.seed_everything(1234)
     model, spy = make_model(), Spy()
     t = trainer(tmp_path, [*callbacks, spy], max_steps=max_steps, **kwargs)
@@ -292,7 +292,7 @@ def _schedule_callbacks(total_steps: int | None = 2 * N) -> list[Callback]:
     return [LoopCurriculum(total_steps=total_steps), AttentionSharpening(beta_max=3.0, warmup_steps=4), RNGState()]
 
 
-def _resume(tmp_path: Path, with_rng: bool = True):  # noqa: ANN202
+def _resume(tmp_path: Path, with_rng: bool = True):
     """Fit N steps with a ModelCheckpoint at step N, then resume from it to 2N steps."""
     first = _schedule_callbacks() if with_rng else _schedule_callbacks()[:2]
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=N, save_top_k=-1)
@@ -459,7 +459,7 @@ def test_canvas_pictures_leave_training_unchanged(tmp_path: Path) -> None:
 
 
 def test_canvas_pictures_without_tensorboard_warns_once(tmp_path: Path) -> None:
-    def fit(pictures: CanvasPictures, logger: Any) -> list[str]:  # noqa: ANN401
+    def fit(pictures: CanvasPictures, logger: Any) -> list[str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer(tmp_path, [pictures], max_steps=1, logger=logger, limit_val_batches=1).fit(
@@ -497,7 +497,7 @@ def test_validate_from_checkpoint_runs_the_checkpoint_loops(tmp_path: Path) -> N
     seen = []
 
     class Probe(Callback):
-        def on_validation_batch_start(self, trainer: L.Trainer, pl_module: CanvasModule, *args: Any) -> None:  # noqa: ANN401, D102
+        def on_validation_batch_start(self, trainer: L.Trainer, pl_module: CanvasModule, *args: Any) -> None:
             block = pl_module.backbone.looped_blocks[0]
             seen.append((block.current_loops, block.betas))
 

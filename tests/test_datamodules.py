@@ -351,7 +351,7 @@ class _Broken(CanvasDataModule):
         if build_canvas:
             self._init_canvas()
 
-    def build_schema(self):  # noqa: ANN201
+    def build_schema(self):
         from canvas_engineering import CanvasLayout, CanvasSchema
 
         return CanvasSchema(CanvasLayout(T=2, H=1, W=1, d_model=8, regions={"reward": (0, 2, 0, 1, 0, 1)}))

@@ -28,7 +28,7 @@ def test_two_ranks_train_and_the_result_predicts(kind: str, strategy: str, tmp_p
     for r, info in enumerate(ranks):
         assert info["rank"] == r and info["world_size"] == 2 and info["strategy"] == strategy
         assert info["global_step"] == 3 and len(info["losses"]) == 3
-        assert all(l == l and l < 1e6 for l in info["losses"])  # finite
+        assert all(loss == loss and loss < 1e6 for loss in info["losses"])  # finite
     # the distributed sampler gave each rank different data
     assert ranks[0]["batches"] != ranks[1]["batches"]
     assert (tmp_path / "model.ckpt").exists()

@@ -6,12 +6,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from canvas_engineering.datamodules import BouncingBallsDataModule
+from canvas_engineering.datamodules.bouncing_balls import constant_velocity_track, reflect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_engineering import CanvasModule
-from canvas_engineering.datamodules import BouncingBallsDataModule
-from canvas_engineering.datamodules.bouncing_balls import constant_velocity_track, reflect
 from canvas_engineering.future_metrics import FutureFrameMetric, repeat_last_baseline
 
 

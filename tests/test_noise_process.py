@@ -7,10 +7,10 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from canvas_engineering.callbacks import EMAWeights
 from canvas_fixtures import FORMATS, tiny_loader, tiny_schema
 
 from canvas_engineering import CanvasModule, CanvasValidationError
-from canvas_engineering.callbacks import EMAWeights
 from canvas_engineering.module import WarmupCosine
 from canvas_engineering.noise_process import FlowMatchingProcess, make_noise_process, training_fractions
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from canvas_engineering import (
-    ConnectionValidationError,
     ATTENTION_TYPES,
     DEFAULT_ATTENTION,
     AttentionOp,
@@ -21,6 +20,7 @@ from canvas_engineering import (
     CanvasSchema,
     CanvasTopology,
     Connection,
+    ConnectionValidationError,
     RegionSpec,
     SpatiotemporalCanvas,
     compile_topology,
@@ -48,7 +48,7 @@ def frame_block(layout: CanvasLayout, mask: torch.Tensor, src: str, dst: str) ->
 
 
 def cosine_distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     return 1.0 - dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
@@ -421,7 +421,7 @@ def test_causal_temporal_has_no_future_leakage(fill: str) -> None:
     real = layout.frame_real_times[layout.position_region_ids, layout.position_frames]
     q, k = allowed.nonzero().unbind(1)
     assert len(q) > 0
-    leaks = [(int(real[a]), int(real[b])) for a, b in zip(q, k) if real[b] > real[a]]
+    leaks = [(int(real[a]), int(real[b])) for a, b in zip(q, k, strict=True) if real[b] > real[a]]
     assert leaks == [], f"(query real frame, key real frame) pairs that see the future: {sorted(set(leaks))}"
     # and full temporal context: act at frame 3 reads obs (4 positions per frame) at frame 2 only
     assert frame_block(layout, allowed, "act", "obs")[3].tolist() == [False] * 8 + [True] * 4 + [False] * 4
@@ -689,7 +689,7 @@ def test_schema_json_round_trip_string(schema: CanvasSchema) -> None:
     )
 
 
-def test_schema_json_round_trip_file(schema: CanvasSchema, tmp_path) -> None:  # noqa: ANN001
+def test_schema_json_round_trip_file(schema: CanvasSchema, tmp_path) -> None:
     path = tmp_path / "robot_v1.json"
     text = schema.to_json(path)
     assert path.read_text(encoding="utf-8") == text + "\n"
@@ -707,7 +707,7 @@ def test_schema_json_round_trip_file(schema: CanvasSchema, tmp_path) -> None:  #
     assert sorted(p.name for p in tmp_path.iterdir()) == ["robot_v1.json"]  # no temp files left
 
 
-def test_schema_round_trip_keeps_temporal_and_typed_connections(tmp_path) -> None:  # noqa: ANN001
+def test_schema_round_trip_keeps_temporal_and_typed_connections(tmp_path) -> None:
     layout = CanvasLayout(
         T=6, H=2, W=2, d_model=8, t_current=3,
         regions={

@@ -6,7 +6,6 @@ under ``[project.entry-points.canvas_engineering]``: the same path a third party
 
 from __future__ import annotations
 
-from canvas_engineering.plugin_host import hookimpl
 from canvas_engineering.plugins.attention.dot_product import (
     CogVideoXAttention,
     CosineAttention,
@@ -26,6 +25,8 @@ from canvas_engineering.plugins.attention.summaries import (
     PerceiverAttention,
     PoolingAttention,
 )
+
+from canvas_engineering.plugin_host import hookimpl
 
 BUILTIN_TYPES = (
     CrossAttention,
@@ -49,7 +50,7 @@ BUILTIN_TYPES = (
 
 
 @hookimpl
-def register_attention_types(registry) -> None:  # noqa: ANN001
+def register_attention_types(registry) -> None:
     """Register the 16 declared types of the seed's lineup plus the CogVideoX-native one."""
     for cls in BUILTIN_TYPES:
         registry.add(cls.name, cls)

@@ -10,13 +10,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from canvas_engineering.plugins.attention.summaries import option_field
 from einops import rearrange
 from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask
 from canvas_engineering.attention_type import QKVAttentionType
-from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.kernels import score_attention, softmax_attention
+from canvas_engineering.validation import (
+    check_finite_float,
+    check_int,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 __all__ = [
     "CogVideoXAttention",
@@ -31,18 +37,15 @@ __all__ = [
 ]
 
 
-def _check(name: str, value: Any, ok: bool, rule: str) -> None:  # noqa: ANN401
-    if not ok:
-        msg = f"attention type {name!r}: option {value!r} {rule}"
-        raise CanvasValidationError(msg)
-
-
 class CrossAttention(QKVAttentionType):
     """Softmax QKV attention (the default type)."""
 
     name = "cross_attention"
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         return self.merge(softmax_attention(q, k, v, mask, beta))
 
@@ -52,12 +55,14 @@ class CosineAttention(QKVAttentionType):
 
     name = "cosine_attention"
 
-    def __init__(self, d_model: int, n_heads: int, scale: float = 10.0, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, scale: float = 10.0, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, scale, isinstance(scale, (int, float)) and scale > 0, "must be a positive scale")
-        self.scale = float(scale)
+        self.scale = check_finite_float(scale, option_field(self.name, "scale"), minimum=0, open_min=True)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         return self.merge(softmax_attention(q, k, v, mask, beta, scale=self.scale))
@@ -74,7 +79,10 @@ class SigmoidAttention(QKVAttentionType):
 
     name = "sigmoid_attention"
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         return self.merge(score_attention(q, k, v, mask, _sigmoid_mix, beta))
 
@@ -84,11 +92,14 @@ class GatedAttention(QKVAttentionType):
 
     name = "gated"
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         self.gate = nn.Linear(d_model, d_model)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         return torch.sigmoid(self.gate(queries)) * self.merge(softmax_attention(q, k, v, mask, beta))
 
@@ -98,9 +109,9 @@ class SparseAttention(QKVAttentionType):
 
     name = "sparse_attention"
 
-    def __init__(self, d_model: int, n_heads: int, top_k: int = 8, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, top_k: int = 8, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, top_k, isinstance(top_k, int) and top_k >= 1, "must be an integer top_k >= 1")
+        check_positive_int(top_k, option_field(self.name, "top_k"))
         self.top_k = top_k
 
     def _mix(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -114,7 +125,10 @@ class SparseAttention(QKVAttentionType):
         scores = scores.masked_fill(scores < kth, floor)
         return torch.softmax(scores, dim=-1) * allowed
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         return self.merge(score_attention(q, k, v, mask, self._mix, beta))
 
@@ -122,7 +136,7 @@ class SparseAttention(QKVAttentionType):
 class _PairMask:
     """A position-level extra mask bound to one group mask (hashable, so tiles are cached)."""
 
-    def __init__(self, mask: AttentionMask, fn: Any, key: tuple) -> None:  # noqa: ANN401
+    def __init__(self, mask: AttentionMask, fn: Any, key: tuple) -> None:
         self.mask, self.fn, self.key = mask, fn, key
 
     def __call__(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
@@ -140,9 +154,9 @@ class LocalAttention(QKVAttentionType):
 
     name = "local_attention"
 
-    def __init__(self, d_model: int, n_heads: int, window: int = 1, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, window: int = 1, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, window, isinstance(window, int) and window >= 0, "must be an integer window >= 0")
+        check_non_negative_int(window, option_field(self.name, "window"))
         self.window = window
 
     @staticmethod
@@ -151,7 +165,10 @@ class LocalAttention(QKVAttentionType):
         dk = mask.k_coords.to(k_idx.device)[k_idx]
         return ((dq[..., 1] - dk[..., 1]).abs() <= window) & ((dq[..., 2] - dk[..., 2]).abs() <= window)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         near = _PairMask(mask, lambda m, a, b: self._near(m, a, b, self.window), ("local", self.window))
         return self.merge(softmax_attention(q, k, v, mask, beta, extra_mask=near))
@@ -166,9 +183,9 @@ class RandomFixedAttention(QKVAttentionType):
 
     name = "random_fixed"
 
-    def __init__(self, d_model: int, n_heads: int, keep: float = 0.5, seed: int | None = None, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, keep: float = 0.5, seed: int | None = None, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, keep, isinstance(keep, (int, float)) and 0 < keep <= 1, "must be a keep fraction in (0, 1]")
+        check_finite_float(keep, option_field(self.name, "keep"), minimum=0, maximum=1, open_min=True)
         self.keep = float(keep)
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         self.register_buffer("seed", torch.tensor(seed), persistent=True)
@@ -182,7 +199,10 @@ class RandomFixedAttention(QKVAttentionType):
         h = (h ^ (h >> 16)) * 2246822519 % 4294967296
         return (h % 10007).float() < keep * 10007
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         seed = int(self.seed)
         kept = _PairMask(mask, lambda m, a, b: self._kept(m, a, b, seed, self.keep), ("random", seed, self.keep))
@@ -194,13 +214,22 @@ class MixtureAttention(QKVAttentionType):
 
     name = "mixture"
 
-    def __init__(self, d_model: int, n_heads: int, top_k: int = 2, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, top_k: int = 2, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, top_k, isinstance(top_k, int) and 1 <= top_k <= n_heads, f"must be an integer in [1, n_heads={n_heads}]")
+        check_int(
+            top_k,
+            option_field(self.name, "top_k"),
+            minimum=1,
+            maximum=n_heads,
+            rule=f"an integer in [1, n_heads={n_heads}]",
+        )
         self.top_k = top_k
         self.router = nn.Linear(d_model, n_heads)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         heads = softmax_attention(q, k, v, mask, beta)  # (B, H, nq, hd)
         logits = self.router(queries)  # (B, nq, H)
@@ -228,9 +257,9 @@ class CogVideoXAttention(QKVAttentionType):
 
     name = "cogvideox"
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
-        _check(self.name, self.head_dim, self.head_dim % 6 == 0 or self.head_dim >= 6, "head_dim must be >= 6")
+        check_int(self.head_dim, option_field(self.name, "head_dim (d_model / n_heads)"), minimum=6)
         self.norm_q = nn.LayerNorm(self.head_dim, eps=1e-6)
         self.norm_k = nn.LayerNorm(self.head_dim, eps=1e-6)
         third = 2 * (self.head_dim // 6)
@@ -239,9 +268,13 @@ class CogVideoXAttention(QKVAttentionType):
     def _rope(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, self.splits, dim=-1)
         axes = (coords[:, 3], coords[:, 1], coords[:, 2])  # real time, h, w
-        return torch.cat([_rotary(p, a) if p.shape[-1] % 2 == 0 else p for p, a in zip(parts, axes)], dim=-1)
+        rotated = [_rotary(p, a) if p.shape[-1] % 2 == 0 else p for p, a in zip(parts, axes, strict=True)]
+        return torch.cat(rotated, dim=-1)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Attend ``queries`` to ``keys`` under ``mask`` (see :meth:`AttentionType.forward`)."""
         q, k, v = self.qkv(queries, keys)
         q = self._rope(self.norm_q(q), mask.q_coords)
         k = self._rope(self.norm_k(k), mask.k_coords)

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from canvas_engineering.plugins.attention.summaries import class_mean, mask_cached, option_field, zero_invalid
 from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask, ClassView
 from canvas_engineering.attention_type import AttentionType
-from canvas_engineering.plugins.attention.summaries import class_mean, mask_cached, option_field, zero_invalid
 from canvas_engineering.validation import check_int, check_positive_int
 
 __all__ = ["HyenaAttention", "MambaAttention", "RWKVAttention"]
@@ -81,7 +81,7 @@ class MambaAttention(AttentionType):
     score_based = False
 
     def __init__(
-        self, d_model: int, n_heads: int, d_state: int = 8, d_inner: int | None = None, **config: Any  # noqa: ANN401
+        self, d_model: int, n_heads: int, d_state: int = 8, d_inner: int | None = None, **config: Any
     ) -> None:
         super().__init__(d_model, n_heads, **config)
         check_positive_int(d_state, option_field(self.name, "d_state"))
@@ -158,7 +158,7 @@ class RWKVAttention(AttentionType):
     name = "rwkv"
     score_based = True
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         self.key = nn.Linear(d_model, d_model)
         self.value = nn.Linear(d_model, d_model)
@@ -227,7 +227,7 @@ class HyenaAttention(AttentionType):
     score_based = False
 
     def __init__(
-        self, d_model: int, n_heads: int, filter_hidden: int = 32, n_freqs: int = 8, **config: Any  # noqa: ANN401
+        self, d_model: int, n_heads: int, filter_hidden: int = 32, n_freqs: int = 8, **config: Any
     ) -> None:
         super().__init__(d_model, n_heads, **config)
         check_positive_int(filter_hidden, option_field(self.name, "filter_hidden"))
@@ -242,7 +242,7 @@ class HyenaAttention(AttentionType):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def long_filter(self, t_real: int, device: torch.device) -> torch.Tensor:
-        """The implicit filter ``h`` (t_real, d_model), causal (``tau >= 0``), at least float32."""
+        """Return the implicit filter ``h`` (t_real, d_model), causal (``tau >= 0``), at least float32."""
         w_dtype = self.filter_mlp[0].weight.dtype
         dtype = torch.promote_types(w_dtype, torch.float32)
         tau = torch.arange(t_real, device=device, dtype=dtype)

@@ -15,7 +15,6 @@ The small helpers here (per-mask index caches, class sums) are shared with
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,6 @@ from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask, ClassView
 from canvas_engineering.attention_type import AttentionType, QKVAttentionType
-from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.validation import check_finite_float, check_positive_int
 
 __all__ = ["CopyAttention", "LinearAttention", "NoneAttention", "PerceiverAttention", "PoolingAttention"]
@@ -39,12 +37,12 @@ _CACHE: weakref.WeakKeyDictionary[AttentionMask, dict[tuple[str, str], Any]] = w
 
 
 def option_field(name: str, option: str) -> str:
-    """The label an attention type's option is named by in errors: ``attention type 'x': option eps``."""
+    """Return the label an attention type's option is named by in errors: ``attention type 'x': option eps``."""
     return f"attention type {name!r}: option {option}"
 
 
 def mask_cached(mask: AttentionMask, key: str, device: torch.device, build: Callable[[ClassView], tuple]) -> tuple:
-    """Static per-mask index data, built once on CPU from the class view and cached per device.
+    """Return static per-mask index data, built once on CPU from the class view and cached per device.
 
     ``build(cpu_class_view)`` returns a tuple of CPU tensors and Python scalars; tensors are
     moved to ``device``. The cache is keyed weakly on the mask, so it dies with it.
@@ -81,7 +79,7 @@ def class_mean(x: torch.Tensor, view: ClassView) -> torch.Tensor:
 
 
 def _segment_slots(cls: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, int]:
-    """Padded slot ``class * width + rank`` of each element (rank within its class) and ``width``."""
+    """Return padded slot ``class * width + rank`` of each element (rank within its class) and ``width``."""
     counts = torch.bincount(cls, minlength=n_classes)
     order = torch.argsort(cls, stable=True)
     starts = counts.cumsum(0) - counts
@@ -130,7 +128,7 @@ class LinearAttention(QKVAttentionType):
     name = "linear_attention"
     score_based = True
 
-    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         self.eps = check_finite_float(eps, option_field(self.name, "eps"), minimum=0, open_min=True)
 
@@ -180,7 +178,7 @@ class PoolingAttention(AttentionType):
     name = "pooling"
     score_based = False
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
@@ -307,7 +305,7 @@ class PerceiverAttention(QKVAttentionType):
     name = "perceiver"
     score_based = True
 
-    def __init__(self, d_model: int, n_heads: int, n_latents: int = 4, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, n_latents: int = 4, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)
         check_positive_int(n_latents, option_field(self.name, "n_latents"))
         self.n_latents = n_latents

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from canvas_engineering.plugins.backbones.canvas_dit import build_canvas_dit
+from canvas_engineering.plugins.backbones.cogvideox import register_cogvideox
 from torch import nn
 
 from canvas_engineering.plugin_host import hookimpl
-from canvas_engineering.plugins.backbones.canvas_dit import build_canvas_dit
-from canvas_engineering.plugins.backbones.cogvideox import register_cogvideox
 
 #: backbone name -> factory(layout, topology, **config)
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -23,7 +23,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 @hookimpl
-def register_backbones(registry) -> None:  # noqa: ANN001
+def register_backbones(registry) -> None:
     """Register the built-in backbones of :data:`BUILTIN_BACKBONES`."""
     for name, factory in BUILTIN_BACKBONES.items():
         registry.add(name, factory)

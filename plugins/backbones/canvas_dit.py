@@ -13,7 +13,7 @@ from canvas_engineering.topology import CanvasTopology
 __all__ = ["build_canvas_dit"]
 
 
-def build_canvas_dit(layout: CanvasLayout, topology: CanvasTopology, **config: Any) -> CanvasDiT:  # noqa: ANN401
+def build_canvas_dit(layout: CanvasLayout, topology: CanvasTopology, **config: Any) -> CanvasDiT:
     """Build a :class:`CanvasDiT` over ``layout`` and ``topology``.
 
     Args:
@@ -25,6 +25,7 @@ def build_canvas_dit(layout: CanvasLayout, topology: CanvasTopology, **config: A
     Raises:
         CanvasValidationError: an unknown option (the message lists the accepted ones) or a
             bad value.
+
     """
     accepted = [n for n in inspect.signature(CanvasDiT).parameters if n not in ("layout", "topology")]
     unknown = sorted(set(config) - set(accepted))

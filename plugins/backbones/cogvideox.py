@@ -24,9 +24,9 @@ from canvas_engineering.cogvideox import (
 )
 from canvas_engineering.compiler import compile_topology
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.validation import check_choice, check_positive_int
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.validation import check_choice, check_positive_int
 
 __all__ = ["CogVideoXBackbone", "build_cogvideox_backbone", "register_cogvideox"]
 
@@ -66,6 +66,7 @@ class CogVideoXBackbone(CanvasBackbone):
         CanvasValidationError: a bad argument (named with its value).
 
     Shapes: ``forward(tokens (B, N, d_model), timestep (B,) or ()) -> (B, N, d_model)``.
+
     """
 
     def __init__(
@@ -187,6 +188,7 @@ def build_cogvideox_backbone(
 
     Raises:
         CanvasValidationError: both ``config`` and ``pretrained_path``, or a bad argument.
+
     """
     from diffusers import CogVideoXTransformer3DModel
 
@@ -209,7 +211,7 @@ def build_cogvideox_backbone(
     )
 
 
-def register_cogvideox(registry) -> None:  # noqa: ANN001
+def register_cogvideox(registry) -> None:
     """Register ``cogvideox`` in a backbone registry when diffusers is installed; otherwise do nothing."""
     if importlib.util.find_spec("diffusers") is not None:
         registry.add("cogvideox", build_cogvideox_backbone)

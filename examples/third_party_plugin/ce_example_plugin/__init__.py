@@ -37,12 +37,13 @@ class TalkingHeadsAttention(AttentionType):
         n_heads: number of heads (must divide ``d_model``).
 
     Shapes: ``forward(queries (B, nq, d_model), keys (B, nk, d_model), mask, beta) -> (B, nq, d_model)``.
+
     """
 
     name = "talking_heads"
     score_based = True
 
-    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__(d_model, n_heads, **config)  # validates; sets d_model, n_heads, head_dim
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
@@ -55,7 +56,9 @@ class TalkingHeadsAttention(AttentionType):
         b, n, _ = x.shape
         return x.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, mask: AttentionMask, beta: float = 1.0
+    ) -> torch.Tensor:
         """Return (B, nq, d_model) updates for ``queries`` from ``keys`` under ``mask``."""
         b, nq, d = queries.shape
         q = self._heads(self.q_proj(queries))  # (B, H, nq, hd)

@@ -513,7 +513,7 @@ def test_invalid_json_text() -> None:
         CanvasSchema.from_json(text)
 
 
-def test_invalid_json_file(tmp_path) -> None:  # noqa: ANN001
+def test_invalid_json_file(tmp_path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"version": 1,\n  "layout": }', encoding="utf-8")
     with pytest.raises(
@@ -625,7 +625,7 @@ def test_unsupported_version() -> None:
         CanvasSchema.from_dict(data)
 
 
-def test_nonexistent_file(tmp_path) -> None:  # noqa: ANN001
+def test_nonexistent_file(tmp_path) -> None:
     path = tmp_path / "missing" / "schema.json"
     with pytest.raises(
         SchemaValidationError,
@@ -648,7 +648,7 @@ def test_unserialisable_metadata_rejected_at_construction() -> None:
         CanvasSchema(layout={"T": 1})  # type: ignore[arg-type]
 
 
-def test_failed_write_leaves_original_file_intact(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_failed_write_leaves_original_file_intact(tmp_path, monkeypatch) -> None:
     path = tmp_path / "schema.json"
     first = CanvasSchema(layout_with(a=(0, 1, 0, 1, 0, 1)), metadata={"run": 1})
     first.to_json(path)
@@ -672,7 +672,7 @@ def test_failed_write_leaves_original_file_intact(tmp_path, monkeypatch) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.json"]
 
 
-def test_failed_first_write_creates_no_file(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_failed_first_write_creates_no_file(tmp_path, monkeypatch) -> None:
     def failing_fsync(fd: int) -> None:  # the temp file exists and holds the text by now
         raise OSError(5, "Input/output error")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from canvas_engineering.errors import CanvasValidationError, SchemaValidationErr
 from canvas_engineering.layout import CanvasLayout
 from canvas_engineering.region import RegionSpec, validate_embedding
 from canvas_engineering.topology import CanvasTopology, Connection
+from canvas_engineering.validation import check_finite_float
 
 __all__ = ["SCHEMA_FORMAT_VERSION", "CanvasSchema", "transfer_distance"]
 
@@ -182,9 +182,7 @@ class CanvasSchema:
 
         Only regions with semantic embeddings of equal size take part; sorted by distance.
         """
-        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            msg = f"compatible_regions: threshold {threshold!r} must be a finite number"
-            raise CanvasValidationError(msg)
+        check_finite_float(threshold, "compatible_regions: threshold", sep=" ")
         mine = _embedded(self.layout)
         theirs = _embedded(other.layout)
         pairs = []

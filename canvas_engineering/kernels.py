@@ -8,7 +8,10 @@
 * ``"dense"``: SDPA with the full (nq, nk) additive mask, the reference.
 
 All compute ``softmax(beta * q.k * scale + log w) v`` over allowed keys; a query with no
-allowed key gets 0.
+allowed key gets 0. What a kernel needs on a device (dense bias, tile biases, ``BlockMask``,
+``score_mod``) comes from the mask's :class:`~canvas_engineering.attention_mask.ViewCache`, so
+it is built once per (mask, device, dtype), not per call, and shared by every block running
+the same plan.
 """
 
 from __future__ import annotations

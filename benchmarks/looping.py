@@ -388,7 +388,7 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         lines += [
             "",
             f"**Loop count** (quick-start canvas: 8 frames, 4 predicted; {cfg['depth']} blocks run k times, all "
-            f"loops from the first step; {cfg['steps']} steps):",
+            f"loops from the first step; {stat[loops[0]]['steps']} steps):",
             "",
             *_table(loops, stat, "loops-1", ("blocks x loops", lambda n, s: f"{s['depth']} x {s['loops']}")),
             "",
@@ -403,8 +403,9 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                   "pretrained-1loop": "all"}
         lines += [
             "",
-            f"**Freeze levels** ({cfg['depth']} blocks pretrained at 1 loop for {cfg['pretrain_steps']} steps "
-            f"(`pretrained`), then {cfg['steps']} more steps at {cfg['freeze_loops']} loops with the given parameters "
+            f"**Freeze levels** ({cfg['depth']} blocks pretrained at 1 loop for {stat['pretrained']['steps']} steps "
+            f"(`pretrained`), then {stat['pretrained-1loop']['steps']} more steps at {cfg['freeze_loops']} loops "
+            "with the given parameters "
             "training, or at 1 loop for the control `pretrained-1loop`; steps count the continued training):",
             "",
             *_table(freeze, stat, "pretrained-1loop", ("loops: trains", lambda n, s: f"{s['loops']}: {trains[n]}")),
@@ -420,7 +421,7 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         lines += [
             "",
             f"**Long horizon** (12 frames, 4 given, 8 predicted, causal-temporal; {cfg['long_depth']} block run k "
-            f"times, so a predicted frame sees at most k frames back; {cfg['steps']} steps):",
+            f"times, so a predicted frame sees at most k frames back; {stat[long[0]]['steps']} steps):",
             "",
             *_table(long, stat, "long-1", ("blocks x loops", lambda n, s: f"{s['depth']} x {s['loops']}")),
             "",
@@ -446,6 +447,10 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             )
             + f"{_learns('long-1', stat['long-1'])}.",
         ]
+    if saved.get("commands"):  # a merge of several runs (--merge)
+        lines += ["", "Commands (each run's numbers in the JSON files they name, merged into "
+                  f"`{saved.get('out')}`):", "", *(f"* `{c}`" for c in saved["commands"])]
+        return "\n".join(lines), stat
     lines += [
         "",
         f"`python benchmarks/looping.py --seeds {saved['seeds']} --jobs {saved['jobs']} --steps {cfg['steps']} "
@@ -457,6 +462,43 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 # -- main -----------------------------------------------------------------------------------
+
+
+def command_of(saved: dict[str, Any]) -> str:
+    """Return the command line that produced one saved run."""
+    cfg = saved["config"]
+    studies = saved.get("studies", STUDIES)
+    cmd = f"python benchmarks/looping.py --seeds {saved['seeds']} --jobs {saved['jobs']} --steps {cfg['steps']}"
+    if "freeze" in studies:
+        cmd += f" --pretrain-steps {cfg['pretrain_steps']}"
+    cmd += f" --studies {','.join(studies)}"
+    if "loops" in studies:
+        cmd += f" --loops {','.join(map(str, cfg['loops']))}"
+    if "long" in studies:
+        cmd += f" --long-loops {','.join(map(str, cfg['long_loops']))}"
+    return cmd + f" --out {saved.get('out')}"
+
+
+def merge_runs(saves: list[dict[str, Any]], paths: Sequence[Path], out: Path) -> dict[str, Any]:
+    """One saved result from several (the union of their runs; a later file wins a repeated run)."""
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for saved in saves:
+        for r in saved["runs"]:
+            runs[(r["condition"], r["seed"])] = r
+    cfg = dict(saves[0]["config"])
+    for saved in saves[1:]:  # the union of loop counts, so every condition is rendered
+        for key in ("loops", "long_loops"):
+            cfg[key] = sorted(set(cfg[key]) | set(saved["config"][key]))
+    studies = [s for s in STUDIES if any(s in saved.get("studies", ()) for saved in saves)]
+    machines = sorted({saved["machine"] for saved in saves})
+    return {
+        **saves[0], "config": cfg, "studies": studies, "runs": list(runs.values()), "out": str(out),
+        "minutes": sum(saved["minutes"] for saved in saves), "machine": "; ".join(machines),
+        "seeds": min(saved["seeds"] for saved in saves),
+        "commands": [
+            command_of({**saved, "out": saved.get("out", str(p))}) for saved, p in zip(saves, paths, strict=True)
+        ],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -475,7 +517,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("runs") / "benchmarks" / "looping.json")
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--from-json", type=Path, default=None, help="re-render a saved run (no training)")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None,
+        help="combine saved runs (e.g. one per study) into --out, then render them (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        saved = merge_runs([json.loads(p.read_text()) for p in args.merge], args.merge, args.out)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(saved, indent=2))
+        args.from_json = args.out
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         text, _ = summarise(saved)

@@ -196,6 +196,19 @@ def test_looping_benchmark_quick(looping: ModuleType, tmp_path: Path) -> None:
     assert set(summary["long-2"]["per_frame"]["sample"]) == set(range(4, 12))
     again = looping.main(["--from-json", str(out)])  # re-renders the saved run without training
     assert again["runs"] == result["runs"]
+    # --merge: runs saved by separate commands (one per study) become one result and one README section
+    saved = json.loads(out.read_text())
+    parts = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, studies in zip(parts, (["loops"], ["freeze", "long"]), strict=True):
+        part = {**saved, "studies": studies, "runs": [r for r in saved["runs"] if r["study"] in studies]}
+        path.write_text(json.dumps(part))
+    merged = looping.main(["--merge", *map(str, parts), "--out", str(tmp_path / "merged.json")])
+    assert sorted((r["condition"], r["seed"]) for r in merged["runs"]) == sorted(
+        (r["condition"], r["seed"]) for r in result["runs"]
+    )
+    assert len(merged["commands"]) == 2 and "--studies freeze,long" in merged["commands"][1]
+    text, _ = looping.summarise(merged)
+    assert "**Freeze levels**" in text and "**Long horizon**" in text and "Commands" in text
 
 
 # -- the recipe ablation -------------------------------------------------------------------------

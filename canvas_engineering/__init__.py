@@ -26,11 +26,13 @@ from canvas_engineering.cogvideox import (
 from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
 from canvas_engineering.dit import CanvasBlock, CanvasDiT
 from canvas_engineering.errors import (
+    BatchValidationError,
     CanvasError,
     CanvasValidationError,
     ConnectionValidationError,
     LayoutValidationError,
     LoopCheckpointError,
+    NonFiniteLossError,
     RegionValidationError,
     SchemaValidationError,
     UnknownAttentionTypeError,
@@ -78,13 +80,10 @@ from canvas_engineering.typed import (
     compile_schema,
 )
 
-
 # The training layer needs the `train` extra (lightning, torchmetrics, diffusers): import it
 # on first use so the declarative core stays light.
 _LAZY = {
     "CanvasModule": "canvas_engineering.module",
-    "BatchValidationError": "canvas_engineering.module",
-    "NonFiniteLossError": "canvas_engineering.module",
     "RegionFormat": "canvas_engineering.region_codecs",
 }
 

@@ -49,8 +49,7 @@ def test_only_future_output_positions_are_noised_and_weighted() -> None:
 
 
 def test_input_regions_take_no_loss() -> None:
-    from canvas_engineering import CanvasSchema, RegionSpec
-    from canvas_engineering import CanvasLayout, CanvasTopology
+    from canvas_engineering import CanvasLayout, CanvasSchema, CanvasTopology, RegionSpec
 
     layout = CanvasLayout(T=6, H=5, W=4, d_model=32, t_current=3, regions={
         "video": (0, 6, 0, 4, 0, 4), "action": (0, 6, 4, 5, 0, 1),
@@ -91,7 +90,8 @@ def test_configure_optimizers_uses_only_trainable_parameters() -> None:
         (lambda b: b.pop("action"), r"batch is missing region 'action' \(expected shape \(B, 6, 2\)\)"),
         (lambda b: b.update(video=torch.rand(4, 6, 1, 12, 16)),
          r"region 'video': expected a tensor of shape \(B, 6, 1, 16, 16\), received \(4, 6, 1, 12, 16\)"),
-        (lambda b: b.update(reward=torch.rand(4, 5, 1)), r"region 'reward': expected .*\(B, 6, 1\), received \(4, 5, 1\)"),
+        (lambda b: b.update(reward=torch.rand(4, 5, 1)),
+         r"region 'reward': expected .*\(B, 6, 1\), received \(4, 5, 1\)"),
         (lambda b: b.update(action=[1, 2]), r"region 'action': expected .* received list"),
     ],
 )
@@ -133,7 +133,7 @@ def test_checkpoint_round_trip_and_layout_mismatch(tmp_path) -> None:
     path = tmp_path / "model.ckpt"
     t.save_checkpoint(path)
     loaded = CanvasModule.load_from_checkpoint(path)
-    for (name, a), (_, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(m.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(CanvasValidationError, match=r"different canvas: layout\.regions\.action\.bounds\[5\]: 1 vs 2"):
         CanvasModule.load_from_checkpoint(path, schema=tiny_schema(action_width=2))
@@ -207,7 +207,8 @@ def test_nested_typed_schema_trains_with_dotted_region_names() -> None:
         arm: Arm = field(default_factory=Arm)
 
     bound = compile_schema(Robot(), T=4, d_model=16, connectivity="causal", t_current=2)
-    formats = {"camera": {"kind": "patches", "channels": 1, "patch_size": 2}, "arm.joints": {"kind": "vector", "dim": 3}}
+    formats = {"camera": {"kind": "patches", "channels": 1, "patch_size": 2},
+               "arm.joints": {"kind": "vector", "dim": 3}}
     m = CanvasModule(bound, formats, backbone_config={"depth": 1, "n_heads": 2})  # a BoundSchema is accepted
     batch = {"camera": torch.rand(2, 4, 1, 4, 4), "arm.joints": torch.randn(2, 4, 3)}
     loader = torch.utils.data.DataLoader([{k: v[i] for k, v in batch.items()} for i in range(2)], batch_size=2)

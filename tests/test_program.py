@@ -53,7 +53,8 @@ def rich_program() -> CanvasProgram:
         "reward": RegionSpec((0, 3, 4, 5, 2, 3), period=2), "goal": (0, 6, 4, 5, 3, 4)})
     topology = CanvasTopology([
         Connection("video", "video", t_src=0, t_dst=0),
-        Connection("action", "reward", t_src=0, t_dst=0, temporal_fill=TemporalFill.INTERPOLATE, interpolation_order=2.5),
+        Connection("action", "reward", t_src=0, t_dst=0, temporal_fill=TemporalFill.INTERPOLATE,
+                   interpolation_order=2.5),
         Connection("action", "video", t_src=0, t_dst=-1, temporal_fill=TemporalFill.DROP, weight=0.5),
         Connection("reward", "goal", fn="pooling"),
     ])
@@ -63,12 +64,14 @@ def rich_program() -> CanvasProgram:
         {
             "video": RegionProgram(family="observation", clock=Clock("periodic", period=2, phase=1)),
             "action": RegionProgram(family="action", carrier="deterministic", loss_weight=3.0, compile_mode="export"),
-            "reward": RegionProgram(family="memory", clock=Clock("on_event", threshold=0.25, cooldown=2, source="action"),
+            "reward": RegionProgram(family="memory",
+                                    clock=Clock("on_event", threshold=0.25, cooldown=2, source="action"),
                                     compile_mode="freeze"),
             "goal": RegionProgram(family="residual", clock=Clock("boundary", boundary="end"), compile_mode="constant",
                                   constant_value=tuple(float(i) for i in range(32))),
         },
-        [ConnectionProgram(), ConnectionProgram("linear_attention", "gate"), None, ConnectionProgram(write_mode="replace")],
+        [ConnectionProgram(), ConnectionProgram("linear_attention", "gate"), None,
+         ConnectionProgram(write_mode="replace")],
         acyclic=True,
         metadata={"author": "test"},
     )
@@ -145,7 +148,8 @@ def test_json_errors_name_the_key(tmp_path) -> None:
         ({"action": {"carrier": "kalman"}}, r"region 'action'.*unknown carrier 'kalman'"),
         ({"reward": {"compile_mode": "jit"}}, r"region 'reward'.*unknown compile mode 'jit'"),
         ({"reward": {"clock": {"period": 0}}}, r"region 'reward': clock period 0 must be an integer >= 1"),
-        ({"reward": {"clock": {"period": 3, "phase": 3}}}, r"region 'reward': clock phase 3 must be .* \[0, period=3\)"),
+        ({"reward": {"clock": {"period": 3, "phase": 3}}},
+         r"region 'reward': clock phase 3 must be .* \[0, period=3\)"),
         ({"reward": {"clock": {"kind": "on_event", "cooldown": -1}}}, r"region 'reward': clock cooldown -1"),
         ({"reward": {"clock": {"kind": "on_event", "threshold": -0.5}}}, r"region 'reward': clock threshold -0.5"),
         ({"reward": {"clock": {"kind": "sometimes"}}}, r"region 'reward'.*unknown kind 'sometimes'"),
@@ -190,7 +194,8 @@ def test_acyclic_refuses_a_cycle_naming_its_connections() -> None:
     # an edge whose operator is "none" is disabled, so it breaks the cycle
     CanvasProgram(schema, connections={3: ConnectionProgram("none")}, acyclic=True)
     # the family wiring is acyclic
-    CanvasProgram.from_families(layout, {"video": "observation", "action": "action", "reward": "residual"}, acyclic=True)
+    families = {"video": "observation", "action": "action", "reward": "residual"}
+    CanvasProgram.from_families(layout, families, acyclic=True)
 
 
 def test_from_families_names_an_unknown_family_or_region() -> None:
@@ -207,7 +212,8 @@ def test_module_refuses_an_unfed_event_source_and_a_disagreeing_schema() -> None
     unfed = r"region 'reward': its on_event clock watches region 'action', which the batch does not feed"
     with pytest.raises(CanvasValidationError, match=unfed):
         make(program, formats)
-    with pytest.raises(CanvasValidationError, match=r"schema and program.schema differ at layout.regions.action.bounds\[5\]"):
+    differ = r"schema and program.schema differ at layout.regions.action.bounds\[5\]"
+    with pytest.raises(CanvasValidationError, match=differ):
         CanvasModule(tiny_schema(action_width=2), FORMATS, program=program, backbone_config=SMALL)
 
 
@@ -232,7 +238,8 @@ def test_families_pick_default_wiring_carriers_and_losses() -> None:
     assert program.loss_weight("err") == 0.5
     # the module weighs the action's predicted positions by its family's loss scale
     formats = {"obs": {"kind": "patches", "channels": 1, "patch_size": 2}, "state": {"kind": "vector", "dim": 3},
-               "mem": {"kind": "vector", "dim": 3}, "act": {"kind": "action", "dim": 2}, "err": {"kind": "vector", "dim": 1}}
+               "mem": {"kind": "vector", "dim": 3}, "act": {"kind": "action", "dim": 2},
+               "err": {"kind": "vector", "dim": 1}}
     m = make(program, formats)
     act = layout.region_indices("act")
     assert m.position_weight[act].tolist() == [0.0, 0.0, 2.0, 2.0]
@@ -351,7 +358,8 @@ def test_a_periodic_clock_updates_on_its_phase_and_holds_between() -> None:
 
 def test_clock_masks() -> None:
     real = torch.arange(6)
-    assert Clock("periodic", period=3, phase=1).update_mask(real, 1)[0].tolist() == [False, True, False, False, True, False]
+    periodic = Clock("periodic", period=3, phase=1).update_mask(real, 1)
+    assert periodic[0].tolist() == [False, True, False, False, True, False]
     assert Clock("boundary", boundary="start").update_mask(real, 1)[0].tolist() == [True] + [False] * 5
     assert Clock("boundary", boundary="both").update_mask(real, 1)[0].tolist() == [True] + [False] * 4 + [True]
     # events at watched frames 1, 2, 3 and 5; a cooldown of 1 suppresses the frame after each firing
@@ -431,7 +439,7 @@ def test_add_write_mode_sums_group_outputs() -> None:
     assert [(g.fn, g.write_mode, len(g.connections)) for g in attn2.groups] == [
         ("cross_attention", "add", 2), ("cross_attention", "gate", 1)]
     expected = torch.zeros_like(x)
-    for g, y in zip(attn2.groups, raw_outputs(attn2, x)):
+    for g, y in zip(attn2.groups, raw_outputs(attn2, x), strict=True):
         if g.write_mode == "add":
             expected = expected.index_add(1, g.q_positions, y)
     gate = attn2.groups[1]
@@ -462,7 +470,7 @@ def test_replace_write_mode_overwrites_where_it_writes() -> None:
     # replacing a's queries discards the add group's update there
     attn2, _ = two_region_attention(["add", "replace", "add"])
     out = attn2(x)
-    groups = {g.write_mode: (g, y) for g, y in zip(attn2.groups, raw_outputs(attn2, x))}
+    groups = {g.write_mode: (g, y) for g, y in zip(attn2.groups, raw_outputs(attn2, x), strict=True)}
     g, y = groups["replace"]
     torch.testing.assert_close(out[:, g.q_positions], y)
 
@@ -517,4 +525,5 @@ def test_program_errors_live_in_the_error_hierarchy_and_old_imports_work() -> No
 
     assert set(CARRIERS) == {"deterministic", "diffusive", "filter", "memory", "residual"}
     assert COMPILE_MODES == ("runtime", "freeze", "constant", "export") and WRITE_MODES == ("add", "replace", "gate")
-    assert PROGRAM_FORMAT_VERSION == 1 and FAMILIES["action"] == FamilyDefaults("diffusive", 2.0, ("state", "observation"))
+    assert PROGRAM_FORMAT_VERSION == 1
+    assert FAMILIES["action"] == FamilyDefaults("diffusive", 2.0, ("state", "observation"))

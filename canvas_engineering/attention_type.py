@@ -19,6 +19,7 @@ from torch import nn
 
 from canvas_engineering.attention_mask import AttentionMask
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import is_int
 
 __all__ = ["AttentionType", "QKVAttentionType"]
 
@@ -33,6 +34,7 @@ class AttentionType(nn.Module, ABC):
 
     Raises:
         CanvasValidationError: ``n_heads`` does not divide ``d_model`` or an option is bad.
+
     """
 
     #: registry name, set by subclasses
@@ -42,8 +44,11 @@ class AttentionType(nn.Module, ABC):
 
     def __init__(self, d_model: int, n_heads: int, **config: Any) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or d_model < 1 or not isinstance(n_heads, int) or n_heads < 1:
-            msg = f"attention type {self.name!r}: d_model ({d_model!r}) and n_heads ({n_heads!r}) must be positive integers"
+        if not (is_int(d_model) and d_model >= 1 and is_int(n_heads) and n_heads >= 1):
+            msg = (
+                f"attention type {self.name!r}: d_model ({d_model!r}) and n_heads ({n_heads!r}) "
+                "must be positive integers"
+            )
             raise CanvasValidationError(msg)
         if d_model % n_heads:
             msg = f"attention type {self.name!r}: n_heads ({n_heads}) must divide d_model ({d_model})"

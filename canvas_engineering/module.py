@@ -166,10 +166,9 @@ class CanvasModule(pl.LightningModule):
     def forward(
         self, batch: Batch, timestep: torch.Tensor, canvas: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Predict every region's clean data at (B,) ``timestep``: ``(predictions, clean encoded canvas)``.
+        """Predict every region's clean data at (B,) ``timestep``: ``(predictions, clean canvas)``.
 
-        The predicted positions of the encoded ``batch`` are noised, unless ``canvas`` gives the
-        noised canvas to denoise. Everything runs here so FSDP's root hooks gather parameters first.
+        Noises the encoded ``batch`` unless ``canvas`` is given (all in forward, for FSDP's root hooks).
         """
         clean = self.encode(batch)
         x = self._noised(clean, timestep) if canvas is None else canvas
@@ -243,8 +242,7 @@ class CanvasModule(pl.LightningModule):
     def update_future_metrics(self, batch: Batch, batch_idx: int = 0) -> None:
         """Sample the future of ``batch`` and score it and every baseline (``"last"``, ``batch["baselines"]``).
 
-        The noise comes from a generator seeded by ``batch_idx``: the global RNG (hence
-        training) is left alone, and the same batch gets the same noise every time.
+        The noise comes from a generator seeded by ``batch_idx``: training's global RNG is left alone.
         """
         generator = torch.Generator().manual_seed(int(batch_idx))
         sampled = self.sample(batch, num_inference_steps=self.hparams.sample_metric_steps, generator=generator)

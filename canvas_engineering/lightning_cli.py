@@ -87,7 +87,7 @@ def fit_summary(trainer: pl.Trainer) -> str:
     return "\n".join(lines)
 
 
-def _schema_dict(schema: Any) -> dict[str, Any]:  # noqa: ANN401
+def _schema_dict(schema: Any) -> dict[str, Any]:
     return schema.to_dict()
 
 

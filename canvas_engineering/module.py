@@ -279,7 +279,7 @@ class CanvasModule(pl.LightningModule):
         """
         return self._outputs.shape(self.sample(batch))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         """AdamW over the trainable parameters only (optional linear warm-up and cosine decay)."""
         return adamw_with_schedule(self.parameters(), self.hparams, self._trainer)
 

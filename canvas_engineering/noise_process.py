@@ -120,7 +120,7 @@ class DiffusersNoiseProcess(NoiseProcess):
         self.kind = kind
         self.scheduler = self._scheduler()
 
-    def _scheduler(self):  # noqa: ANN202
+    def _scheduler(self):
         from diffusers import DDIMScheduler, DDPMScheduler
 
         cls = DDPMScheduler if self.kind == "ddpm" else DDIMScheduler

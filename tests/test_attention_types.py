@@ -173,7 +173,7 @@ def test_bad_construction_is_a_validation_error() -> None:
             type_cls(fn)(D, HEADS, no_such_option=1)
         except CanvasValidationError as err:
             assert "no_such_option" in str(err)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             wrong_type.append(f"{fn}: {type(err).__name__}")
         else:
             wrong_type.append(f"{fn}: accepted")

@@ -132,7 +132,7 @@ def test_a_given_registry_builds_the_backbone_and_is_not_saved() -> None:
 
     built = []
 
-    def factory(layout, topology, **config):  # noqa: ANN001, ANN003, ANN202
+    def factory(layout, topology, **config):
         built.append(config)
         return get_registry().backbones["canvas_dit"].obj(layout, topology, **config)
 

@@ -28,7 +28,7 @@ def require_choice(owner: str, name: str, value: object, choices: Sequence[str])
         raise ProgramValidationError(msg)
 
 
-def from_mapping(cls: type, value: Mapping[str, Any], label: str) -> Any:  # noqa: ANN401
+def from_mapping(cls: type, value: Mapping[str, Any], label: str) -> Any:
     """``cls(**value)``, turning a bad or missing keyword into a ProgramValidationError."""
     try:
         return cls(**dict(value))

@@ -11,7 +11,7 @@ from torch import nn
 __all__ = ["shard_per_block", "touch_unused_under_ddp"]
 
 
-def shard_per_block(model: nn.Module, units: Iterable[nn.Module], mesh: Any) -> None:  # noqa: ANN401
+def shard_per_block(model: nn.Module, units: Iterable[nn.Module], mesh: Any) -> None:
     """Apply FSDP2 ``fully_shard`` to each unit, then to the whole model, over the data-parallel mesh.
 
     Args:

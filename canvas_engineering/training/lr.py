@@ -35,7 +35,7 @@ class WarmupCosine:
 
 
 def adamw_with_schedule(
-    parameters: Iterable[torch.nn.Parameter], hparams: Mapping[str, Any], trainer: Any = None  # noqa: ANN401
+    parameters: Iterable[torch.nn.Parameter], hparams: Mapping[str, Any], trainer: Any = None
 ) -> torch.optim.Optimizer | dict[str, Any]:
     """Build AdamW over the trainable ``parameters`` (decay on matrices only) and its schedule.
 

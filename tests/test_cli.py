@@ -61,7 +61,8 @@ def test_fit_from_a_config_file_writes_scalars_pictures_and_checkpoints(tmp_path
     assert "Sampled future (CanvasModule.sample) against baselines" in proc.stdout
     assert "constant_velocity" in proc.stdout and "tensorboard --logdir" in proc.stdout
     assert str(tmp_path / "ckpt") in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "loops").iterdir()) == ["loops-last.pt", "loops-step3.pt", "loops-step6.pt"]
+    loops = sorted(p.name for p in (tmp_path / "loops").iterdir())
+    assert loops == ["loops-last.pt", "loops-step3.pt", "loops-step6.pt"]
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
     assert (tmp_path / "pictures" / "predictions_video.png").stat().st_size > 1000
 
@@ -85,7 +86,8 @@ def test_plugins_json_lists_every_kind(capsys) -> None:
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     kinds = {(r["name"], r["kind"]) for r in rows}
-    assert {("cross_attention", "attention type"), ("canvas_dit", "backbone"), ("bouncing_balls", "datamodule")} <= kinds
+    expected = {("cross_attention", "attention type"), ("canvas_dit", "backbone"), ("bouncing_balls", "datamodule")}
+    assert expected <= kinds
     assert all(r["distribution"] and r["version"] for r in rows)
 
 

@@ -54,7 +54,8 @@ CHECK = textwrap.dedent(
         from canvas_engineering import CanvasLayout, CanvasTopology
 
         layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 1), "b": (0, 2, 0, 2, 1, 2)})
-        attn = CanvasAttention(layout, CanvasTopology([Connection("a", "a", fn="talking_heads")]), d_model=16, n_heads=2)
+        topology = CanvasTopology([Connection("a", "a", fn="talking_heads")])
+        attn = CanvasAttention(layout, topology, d_model=16, n_heads=2)
         result["shape"] = list(attn(torch.randn(3, layout.num_positions, 16)).shape)
     print("RESULT " + json.dumps(result))
     """

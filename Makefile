@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/canvas-engineering fit
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -49,7 +49,7 @@ def timings(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def dit_step(loops: int, checkpoint: bool):  # noqa: ANN201
+def dit_step(loops: int, checkpoint: bool):
     """Return one training step of the canvas DiT with ``loops`` active loops."""
     import torch
 
@@ -70,7 +70,7 @@ def dit_step(loops: int, checkpoint: bool):  # noqa: ANN201
     return step
 
 
-def cog_step(kind: str):  # noqa: ANN201
+def cog_step(kind: str):
     """Return one training step of the grafted tiny CogVideoX (``kind``: the topology)."""
     import torch
     from diffusers import CogVideoXTransformer3DModel
@@ -98,7 +98,7 @@ def cog_step(kind: str):  # noqa: ANN201
     return step
 
 
-def dense_mask_call(processor, attn, hidden_states, encoder_hidden_states):  # noqa: ANN001, ANN201
+def dense_mask_call(processor, attn, hidden_states, encoder_hidden_states):
     """Run the processor's former computation: a dense (L+N)^2 float mask (cached), then SDPA.
 
     A copy of what ``CanvasCogVideoXAttnProcessor`` did before it ran the plan's kernels,
@@ -134,7 +134,7 @@ def dense_mask_call(processor, attn, hidden_states, encoder_hidden_states):  # n
     return video, text
 
 
-def processor_call(impl: str, text_rule: str):  # noqa: ANN201
+def processor_call(impl: str, text_rule: str):
     """One forward call of the canvas processor at CogVideoX-2B's token count (``impl``: kernels or dense_mask)."""
     import torch
     from diffusers.models.attention_processor import Attention
@@ -153,7 +153,7 @@ def processor_call(impl: str, text_rule: str):  # noqa: ANN201
     text = torch.randn(1, COG2B_TEXT, heads * head_dim)
     call = processor if impl == "kernels" else (lambda *a: dense_mask_call(processor, *a))
 
-    def step():  # noqa: ANN202
+    def step():
         with torch.no_grad():
             return call(attn, video, text)
 

@@ -420,7 +420,7 @@ class AttentionMask:
             table, q_cls, k_cls = self._padded_classes(device)
             allowed = table > 0
 
-            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+            def mask_mod(b, h, q_idx, kv_idx):
                 ok = allowed[q_cls[q_idx], k_cls[kv_idx]]
                 if extra_mask is not None:
                     ok = ok & extra_mask(q_idx.clamp(max=nq - 1), kv_idx.clamp(max=nk - 1))
@@ -440,7 +440,7 @@ class AttentionMask:
             table, q_cls, k_cls = self._padded_classes(device)
             log_w = table.clamp(min=1e-30).log().to(dtype)
 
-            def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+            def score_mod(score, b, h, q_idx, kv_idx):
                 return score + log_w[q_cls[q_idx], k_cls[kv_idx]]
 
             return score_mod

@@ -202,7 +202,7 @@ class AttentionPlan:
             table[:-1, :-1] = self.allowed_table
             cls_d, table_d = cls.to(device), table.to(device)
 
-            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+            def mask_mod(b, h, q_idx, kv_idx):
                 return table_d[cls_d[q_idx], cls_d[kv_idx]]
 
             partial = view.nonempty & ~view.full
@@ -340,7 +340,7 @@ def _connection_frames(layout: CanvasLayout, conn: Connection) -> torch.Tensor:
     return frames * conn.weight
 
 
-def _read_dst(dst, rho: torch.Tensor, T: int, conn: Connection) -> torch.Tensor:  # noqa: ANN001
+def _read_dst(dst, rho: torch.Tensor, T: int, conn: Connection) -> torch.Tensor:
     """(K, T) share of the connection weight each dst canvas frame gets when reading real time ``rho``."""
     t0, n, p = dst.bounds[0], dst.num_frames, dst.period
     rel = rho - t0

@@ -94,7 +94,7 @@ def softmax_attention(
     return _tiled(q, k, v, mask, scale, extra_mask)
 
 
-def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:
     bias, valid = mask.dense_bias(q.device, q.dtype, extra_mask)  # built once per device and dtype
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None, None], scale=scale)
     return out * valid[:, None]
@@ -130,7 +130,7 @@ def _in_order(plan: TilePlan) -> bool:
     return bool(assembly.numel() == 0 or (assembly[0] == 0 and (assembly.diff() == 1).all()))
 
 
-def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B*H, nb, bs*hd) query blocks and (B*H, nb, K, bs*hd) key/value windows of a bucket."""
     nb = bucket.q_blocks.numel()
     if bucket.band is not None:  # slices: cheap backward, no scatter-add
@@ -142,13 +142,13 @@ def _windows(qb, kb, vb, bucket) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return qb[:, bucket.q_blocks], kb[:, bucket.k_blocks], vb[:, bucket.k_blocks]
 
 
-def _window_shapes(qw, kw, vw, dims: tuple[int, int, int, int, int]) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+def _window_shapes(qw, kw, vw, dims: tuple[int, int, int, int, int]) -> tuple[torch.Tensor, ...]:
     """Windows as SDPA batches: (BH, nb, bs, hd) queries and (BH, nb, K*bs, hd) keys/values."""
     bh, nb, bs, kn, hd = dims
     return qw.reshape(bh, nb, bs, hd), kw.reshape(bh, nb, kn * bs, hd), vw.reshape(bh, nb, kn * bs, hd)
 
 
-def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+def _tiled(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:
     B, H, nq, hd = q.shape
     bs = mask.choose_block_size() if extra_mask is None else 64
     plan = mask.device_tiles(bs, q.device, q.dtype, extra_mask)  # biases built once per device and dtype
@@ -189,7 +189,7 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:  # noqa: ANN001
+def _flex(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     device = q.device

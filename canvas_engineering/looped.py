@@ -98,7 +98,7 @@ class LoopedBlockWrapper(nn.Module):
         """Return the loop-specific parameters (embeddings), without the block's."""
         return [p for p in (self.loop_embeddings, self.stream_embeddings) if p is not None]
 
-    def _pass(self, i: int, arguments: dict[str, Any]) -> Any:  # noqa: ANN401
+    def _pass(self, i: int, arguments: dict[str, Any]) -> Any:
         names = list(self._signature.parameters)
         args = dict(arguments)
         args[names[0]] = args[names[0]] + self.loop_embeddings[i].to(args[names[0]].dtype)
@@ -111,7 +111,7 @@ class LoopedBlockWrapper(nn.Module):
         call = inspect.BoundArguments(self._signature, args)  # handles *args/**kwargs parameters
         return self.block(*call.args, **call.kwargs)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the block ``current_loops`` times (same arguments as the block)."""
         bound = self._signature.bind(*args, **kwargs)
         arguments = dict(bound.arguments)

@@ -435,7 +435,7 @@ class TmpAttention(CrossAttention):
 class TmpPlugin:
     @staticmethod
     @hookimpl
-    def register_attention_types(registry) -> None:  # noqa: ANN001
+    def register_attention_types(registry) -> None:
         registry.add(TMP, TmpAttention)
 
 

@@ -313,7 +313,7 @@ def test_canvas_plan_kwarg_overrides_per_call() -> None:
     assert not torch.allclose(out, run(per_call, *inputs))
 
 
-def reach(plan, layers: int) -> torch.Tensor:  # noqa: ANN001
+def reach(plan, layers: int) -> torch.Tensor:
     """(N, N) bool: query i's output can depend on token j after ``layers`` layers (residual included)."""
     step = plan.dense_allowed() | torch.eye(plan.num_positions, dtype=torch.bool)
     out = step
@@ -334,7 +334,7 @@ def reach(plan, layers: int) -> torch.Tensor:  # noqa: ANN001
     ],
 )
 def test_blocked_tokens_cannot_influence_outputs(
-    canvas, layers: int, text_rule: str, perturbed: int, some_blocked: bool  # noqa: ANN001
+    canvas, layers: int, text_rule: str, perturbed: int, some_blocked: bool
 ) -> None:
     """Perturb one latent patch: exactly the positions the plan lets see it (over ``layers``) change."""
     plan = compile_topology(*canvas)
@@ -395,7 +395,7 @@ def test_importing_the_package_does_not_import_diffusers() -> None:
 # -- the backbone plugin ---------------------------------------------------------------
 
 
-def build_backbone(canvas=LEFT_RIGHT, **kw: object) -> CanvasBackbone:  # noqa: ANN001
+def build_backbone(canvas=LEFT_RIGHT, **kw: object) -> CanvasBackbone:
     torch.manual_seed(0)
     factory = get_registry().backbones["cogvideox"].obj
     return factory(*canvas, config={**TINY, **kw.pop("config", {})}, **kw)
@@ -499,11 +499,11 @@ def test_graft_compiles_once_and_every_layer_shares_the_plan(monkeypatch: pytest
 BIG_T, BIG_H, BIG_W, BIG_TEXT = 4, 8, 8, 8
 
 
-def attn_qkv(attn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+def attn_qkv(attn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return attn.to_q(x), attn.to_k(x), attn.to_v(x)
 
 
-def processor_reference(proc, attn, hidden, text, beta):  # noqa: ANN001, ANN201
+def processor_reference(proc, attn, hidden, text, beta):
     """The processor's formula over the dense [text, video] mask it documents (float64)."""
     L = text.shape[1]
     bias, valid = proc.mask(proc.plan, L, hidden.shape[1], dtype=torch.float64)

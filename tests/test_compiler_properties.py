@@ -381,7 +381,7 @@ def _frame_blocks_layout() -> tuple[CanvasLayout, CanvasTopology]:
 FLEX_CASES = {"flex_layout": _flex_layout, "frame_blocks": _frame_blocks_layout}
 
 
-def _replay_block_mask(block_mask, n: int) -> torch.Tensor:  # noqa: ANN001
+def _replay_block_mask(block_mask, n: int) -> torch.Tensor:
     """The dense mask the fused kernel computes from a BlockMask: tiles in the full list are
     taken whole, tiles in the partial list go through mask_mod, all other tiles are skipped."""
     bs_q, bs_kv = block_mask.BLOCK_SIZE

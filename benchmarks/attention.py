@@ -30,7 +30,7 @@ CASES = {
 def build_layout(case: str):
     """Return the layout and topology of a benchmark ``case``."""
     from canvas_engineering import CanvasLayout, CanvasTopology
-    from canvas_engineering.presets import computer_use_layout, robot_manipulation_schema
+    from canvas_engineering.typed.presets import computer_use_layout, robot_manipulation_schema
 
     if case == "robot":
         layout = robot_manipulation_schema().layout
@@ -56,7 +56,7 @@ def run(case: str, impl: str, mode: str, repeat: int) -> dict:
     import torch.nn.functional as F
 
     from canvas_engineering import CanvasAttention
-    from canvas_engineering.kernels import softmax_attention
+    from canvas_engineering.attention.kernels import softmax_attention
 
     torch.manual_seed(0)
     cfg = CASES[case]

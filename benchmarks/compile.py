@@ -25,7 +25,7 @@ OUTPUTS = ("block plan", "dense mask", "baseline: fill NxN")
 def build(canvas: str, topology: str):
     """Return the layout and topology of a ``canvas`` preset wired by ``topology``."""
     from canvas_engineering import CanvasTopology, Connection
-    from canvas_engineering.presets import computer_use_layout, robot_manipulation_schema
+    from canvas_engineering.typed.presets import computer_use_layout, robot_manipulation_schema
 
     layout = robot_manipulation_schema().layout if canvas == "robot" else computer_use_layout()
     names = list(layout.regions)

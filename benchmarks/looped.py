@@ -140,7 +140,7 @@ def processor_call(impl: str, text_rule: str):
     from diffusers.models.attention_processor import Attention
 
     from canvas_engineering import CanvasLayout, CanvasTopology, compile_topology
-    from canvas_engineering.cogvideox import CanvasCogVideoXAttnProcessor
+    from canvas_engineering.integrations.cogvideox import CanvasCogVideoXAttnProcessor
 
     heads, head_dim = 2, 16
     attn = Attention(query_dim=heads * head_dim, dim_head=head_dim, heads=heads, qk_norm="layer_norm", eps=1e-6,

@@ -1,7 +1,7 @@
 """Checkpoint callbacks: loop-only files, and random states for bit-exact resumes.
 
 :class:`LoopCheckpoint` writes small loop-parameter files with
-:func:`~canvas_engineering.loop_checkpoint.save_loop_checkpoint` while a model trains.
+:func:`~canvas_engineering.models.loop_checkpoint.save_loop_checkpoint` while a model trains.
 :class:`RNGState` carries the random number generators' states inside Lightning checkpoints:
 Lightning restores weights, optimizers and loop counters but not the RNGs, so without it a
 resumed fit draws different diffusion timesteps and noise than an uninterrupted one.
@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.loop_checkpoint import save_loop_checkpoint
+from canvas_engineering.models.loop_checkpoint import save_loop_checkpoint
 from canvas_engineering.validation import check_non_negative_int
 
 __all__ = ["LoopCheckpoint", "RNGState"]
@@ -46,11 +46,11 @@ class LoopCheckpoint(Callback):
 
     After each optimizer step whose ``global_step`` is a multiple of ``every_n_steps``, rank 0
     writes ``dirpath / filename.format(step=global_step, epoch=current_epoch)`` with
-    :func:`~canvas_engineering.loop_checkpoint.save_loop_checkpoint` (loop embeddings plus
+    :func:`~canvas_engineering.models.loop_checkpoint.save_loop_checkpoint` (loop embeddings plus
     every parameter with ``requires_grad``). With ``save_last``, it also writes
     ``dirpath / last_filename`` when training ends. Each file's ``extra`` config records
     ``global_step``, ``epoch``, ``current_loops`` and ``betas``; restore one with
-    :func:`~canvas_engineering.loop_checkpoint.load_loop_checkpoint`.
+    :func:`~canvas_engineering.models.loop_checkpoint.load_loop_checkpoint`.
 
     Under a sharded strategy (FSDP) the parameters on rank 0 are shards; use Lightning's
     ``ModelCheckpoint`` there.

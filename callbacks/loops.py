@@ -1,11 +1,11 @@
 """Loop curriculum and attention sharpening as Lightning callbacks.
 
 :class:`LoopCurriculum` sets how many loops a looped model runs at each training step (a
-:class:`~canvas_engineering.schedules.CurriculumScheduler`), and :class:`AttentionSharpening`
+:class:`~canvas_engineering.training.schedules.CurriculumScheduler`), and :class:`AttentionSharpening`
 sets the per-loop inverse temperatures (a
-:class:`~canvas_engineering.schedules.SharpeningSchedule`). Both drive any LightningModule
+:class:`~canvas_engineering.training.schedules.SharpeningSchedule`). Both drive any LightningModule
 with ``set_loops(n)`` / ``set_betas(betas)`` and ``max_loops``, such as
-:class:`~canvas_engineering.module.CanvasModule`. Their whole schedule lives in
+:class:`~canvas_engineering.training.module.CanvasModule`. Their whole schedule lives in
 ``state_dict``, so a fit resumed from a Lightning checkpoint continues exactly where it
 stopped.
 
@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from canvas_engineering.errors import CanvasValidationError, IncompatibleModelError
-from canvas_engineering.schedules import CurriculumScheduler, SharpeningSchedule, SharpeningShape
+from canvas_engineering.training.schedules import CurriculumScheduler, SharpeningSchedule, SharpeningShape
 from canvas_engineering.validation import check_choice, check_finite_float, check_int, check_non_negative_int
 
 __all__ = ["AttentionSharpening", "LoopCurriculum"]
@@ -121,7 +121,7 @@ class LoopCurriculum(_RestoresOutsideFit):
         warmup_fraction: share of ``total_steps`` run with one loop before the ramp, in ``[0, 1)``.
 
     Attributes:
-        scheduler: the :class:`~canvas_engineering.schedules.CurriculumScheduler` in use
+        scheduler: the :class:`~canvas_engineering.training.schedules.CurriculumScheduler` in use
             (``None`` before the first fit starts).
         current_loops: the loop count last set on the model (0 before any).
         last_step: the ``global_step`` it was set for (-1 before any).
@@ -233,7 +233,7 @@ class AttentionSharpening(_RestoresOutsideFit):
     """Set per-loop attention sharpening factors (inverse temperatures) on a looped model.
 
     Loop ``i`` multiplies its attention logits by ``beta_i`` of a
-    :class:`~canvas_engineering.schedules.SharpeningSchedule` (``beta_min`` at loop 0 up to
+    :class:`~canvas_engineering.training.schedules.SharpeningSchedule` (``beta_min`` at loop 0 up to
     ``beta_max`` at the last loop: with 3 loops, 1.0 / 2.5 / 4.0). With ``warmup_steps`` > 0
     every beta starts at 1.0 (plain softmax) and moves linearly to its scheduled value over
     the first ``warmup_steps`` optimizer steps. Before every training batch the callback calls
@@ -254,7 +254,7 @@ class AttentionSharpening(_RestoresOutsideFit):
             has more, its extra loops get the last loop's beta.
 
     Attributes:
-        schedule_: the :class:`~canvas_engineering.schedules.SharpeningSchedule` in use
+        schedule_: the :class:`~canvas_engineering.training.schedules.SharpeningSchedule` in use
             (``None`` before the first fit starts).
         current_betas: the betas last set on the model (empty before any).
         last_step: the ``global_step`` they were set for (-1 before any).

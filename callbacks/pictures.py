@@ -30,10 +30,10 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from canvas_engineering._atomic import atomic_write_bytes
-from canvas_engineering.compiler import compile_topology
+from canvas_engineering.compilation.compiler import compile_topology
+from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import CanvasValidationError, IncompatibleModelError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region_codecs import RegionFormat
+from canvas_engineering.models.region_codecs import RegionFormat
 from canvas_engineering.validation import check_int, check_positive_int
 from canvas_engineering.viz import layout_figure, mask_figure
 
@@ -86,7 +86,7 @@ def prediction_figure(
 
     Args:
         name: the region.
-        fmt: its :class:`~canvas_engineering.region_codecs.RegionFormat`.
+        fmt: its :class:`~canvas_engineering.models.region_codecs.RegionFormat`.
         target: the data, ``(S, t, ...)``.
         predicted: the model's output, same shape.
         layout: the canvas layout (region frames and ``t_current``).

@@ -8,23 +8,16 @@ Declare a :class:`CanvasLayout` (a (T, H, W) grid split into named regions) and 
 from __future__ import annotations
 
 from canvas_engineering._version import __version__
-from canvas_engineering.action_head import ActionHead
-from canvas_engineering.attention_mask import AttentionMask
-from canvas_engineering.attention_type import AttentionType, QKVAttentionType
-from canvas_engineering.attention_types import ATTENTION_TYPES, DEFAULT_ATTENTION
-from canvas_engineering.backbone import CanvasBackbone
-from canvas_engineering.canvas import SpatiotemporalCanvas
-from canvas_engineering.canvas_attention import CanvasAttention
-from canvas_engineering.cogvideox import (
-    CanvasCogVideoXAttnProcessor,
-    freeze_full,
-    freeze_half,
-    freeze_none,
-    graft_looped_blocks,
-    install_canvas_processor,
-)
-from canvas_engineering.compiler import AttentionPlan, BlockView, compile_topology
-from canvas_engineering.dit import CanvasBlock, CanvasDiT
+from canvas_engineering.attention.attention_type import AttentionType, QKVAttentionType
+from canvas_engineering.attention.canvas_attention import CanvasAttention
+from canvas_engineering.compilation.attention_mask import AttentionMask
+from canvas_engineering.compilation.compiler import AttentionPlan, BlockView, compile_topology
+from canvas_engineering.declare.attention_vocabulary import ATTENTION_TYPES, DEFAULT_ATTENTION
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.schema import CanvasSchema, transfer_distance
+from canvas_engineering.declare.spatiotemporal_canvas import SpatiotemporalCanvas
+from canvas_engineering.declare.topology import AttentionOp, CanvasTopology, Connection, TemporalFill
 from canvas_engineering.errors import (
     BatchValidationError,
     CanvasError,
@@ -38,10 +31,20 @@ from canvas_engineering.errors import (
     UnknownAttentionTypeError,
     UnknownRegionError,
 )
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.loop_checkpoint import load_loop_checkpoint, save_loop_checkpoint
-from canvas_engineering.looped import LoopedBlockWrapper
-from canvas_engineering.plugin_host import (
+from canvas_engineering.integrations.cogvideox import (
+    CanvasCogVideoXAttnProcessor,
+    freeze_full,
+    freeze_half,
+    freeze_none,
+    graft_looped_blocks,
+    install_canvas_processor,
+)
+from canvas_engineering.models.action_head import ActionHead
+from canvas_engineering.models.backbone import CanvasBackbone
+from canvas_engineering.models.dit import CanvasBlock, CanvasDiT
+from canvas_engineering.models.loop_checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from canvas_engineering.models.looped import LoopedBlockWrapper
+from canvas_engineering.plugin_host.host import (
     DuplicateRegistrationError,
     PluginHost,
     PluginLoadWarning,
@@ -60,17 +63,8 @@ from canvas_engineering.program import (
     ProgramValidationError,
     RegionProgram,
 )
-from canvas_engineering.region import RegionSpec
-from canvas_engineering.schedules import CurriculumScheduler, SharpeningSchedule
-from canvas_engineering.schema import CanvasSchema, transfer_distance
-from canvas_engineering.semantic import (
-    SemanticConditioner,
-    auto_semantic_type,
-    compute_semantic_embeddings,
-    hashing_embed,
-)
-from canvas_engineering.topology import AttentionOp, CanvasTopology, Connection, TemporalFill
-from canvas_engineering.typed import (
+from canvas_engineering.training.schedules import CurriculumScheduler, SharpeningSchedule
+from canvas_engineering.typed.fields import (
     BoundSchema,
     Field,
     FieldValidationError,
@@ -79,12 +73,18 @@ from canvas_engineering.typed import (
     TypedSchemaError,
     compile_schema,
 )
+from canvas_engineering.typed.semantic import (
+    SemanticConditioner,
+    auto_semantic_type,
+    compute_semantic_embeddings,
+    hashing_embed,
+)
 
 # The training layer needs the `train` extra (lightning, torchmetrics, diffusers): import it
 # on first use so the declarative core stays light.
 _LAZY = {
-    "CanvasModule": "canvas_engineering.module",
-    "RegionFormat": "canvas_engineering.region_codecs",
+    "CanvasModule": "canvas_engineering.training.module",
+    "RegionFormat": "canvas_engineering.models.region_codecs",
 }
 
 

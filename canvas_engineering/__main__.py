@@ -1,5 +1,5 @@
 """``python -m canvas_engineering``."""
 
-from canvas_engineering.cli import main
+from canvas_engineering.cli.commands import main
 
 raise SystemExit(main())

@@ -120,7 +120,7 @@ class TypedSchemaError(CanvasValidationError):
 
 
 class FieldValidationError(TypedSchemaError, RegionValidationError):
-    """A :class:`~canvas_engineering.typed.Field` option breaks its rule.
+    """A :class:`~canvas_engineering.typed.fields.Field` option breaks its rule.
 
     Attributes:
         path: dotted path of the field (``"arm.joints"``).
@@ -189,7 +189,7 @@ class VideoFolderError(CanvasValidationError):
 
 # -- canvas programs (canvas_engineering.program) and CanvasModule (module.py) --------
 # Owned by the program/training layer; re-exported from canvas_engineering.program and
-# canvas_engineering.module so old imports keep working.
+# canvas_engineering.training.module so old imports keep working.
 
 
 class ProgramValidationError(CanvasValidationError):

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from canvas_engineering.compiler import AttentionPlan
-from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.compilation.compiler import AttentionPlan
+from canvas_engineering.declare.layout import CanvasLayout
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -5,7 +5,7 @@ from the datamodule's own :attr:`~CanvasDataModule.schema` and
 :attr:`~CanvasDataModule.region_formats` accepts as they are:
 
 * a batch is a dict keyed by region name; every value is a ``float32`` tensor of shape
-  ``(B, *expected_shape(fmt, layout, region))`` (see :mod:`canvas_engineering.region_codecs`);
+  ``(B, *expected_shape(fmt, layout, region))`` (see :mod:`canvas_engineering.models.region_codecs`);
 * ``val``/``test`` batches also carry ``batch["baselines"][name][region]``: baseline predictions
   shaped like the region's tensor (:meth:`CanvasDataModule.baselines`), which
   :class:`~canvas_engineering.CanvasModule` scores next to its sampled future;
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from canvas_engineering.declare.schema import CanvasSchema
+from canvas_engineering.declare.topology import CanvasTopology, TemporalFill
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.future_metrics import BASELINES_KEY
-from canvas_engineering.region_codecs import RegionFormat, expected_shape, parse_region_formats
-from canvas_engineering.schema import CanvasSchema
-from canvas_engineering.topology import CanvasTopology, TemporalFill
+from canvas_engineering.models.region_codecs import RegionFormat, expected_shape, parse_region_formats
+from canvas_engineering.training.future_metrics import BASELINES_KEY
 from canvas_engineering.validation import check_bool, check_choice, check_finite_float, check_int
 
 __all__ = ["BaselineDataset", "CanvasDataModule", "Split", "TensorDictDataset", "TopologyKind", "split_rng"]

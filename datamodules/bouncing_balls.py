@@ -29,11 +29,11 @@ import torch
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 from torch.utils.data import Dataset
 
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region import RegionSpec
-from canvas_engineering.region_codecs import RegionFormat
-from canvas_engineering.schema import CanvasSchema
-from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.schema import CanvasSchema
+from canvas_engineering.declare.topology import CanvasTopology
+from canvas_engineering.models.region_codecs import RegionFormat
 
 __all__ = [
     "BouncingBallsDataModule",

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from canvas_engineering.datamodules.base import CanvasDataModule, Split, TensorDictDataset, TopologyKind, split_rng
 
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.errors import CanvasValidationError, MissingDependencyError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region_codecs import RegionFormat
-from canvas_engineering.schema import CanvasSchema
+from canvas_engineering.models.region_codecs import RegionFormat
 
 __all__ = ["OBS_SCALE", "CartPoleDataModule", "collect_cartpole_windows", "heuristic_action"]
 

@@ -24,10 +24,10 @@ from canvas_engineering.datamodules.base import CanvasDataModule, Split, Topolog
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.errors import MissingDependencyError, VideoFolderError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region_codecs import RegionFormat
-from canvas_engineering.schema import CanvasSchema
+from canvas_engineering.models.region_codecs import RegionFormat
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoClipDataset", "VideoFolderDataModule", "VideoFolderError", "read_video"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from canvas_engineering.plugin_host import hookimpl
+from canvas_engineering.plugin_host.host import hookimpl
 
 #: registered name -> (``module:Class`` under ``canvas_engineering.datamodules``, extra packages it needs)
 BUILTIN_DATAMODULES: dict[str, tuple[str, tuple[str, ...]]] = {

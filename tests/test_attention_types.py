@@ -26,12 +26,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from canvas_engineering.canvas_attention import CanvasAttention, position_coords
+from canvas_engineering.attention.canvas_attention import CanvasAttention, position_coords
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.plugin_host import get_registry
-from canvas_engineering.region import RegionSpec
-from canvas_engineering.topology import CanvasTopology, Connection
+from canvas_engineering.plugin_host.host import get_registry
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),

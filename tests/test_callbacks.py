@@ -30,9 +30,9 @@ from canvas_engineering import (
     SharpeningSchedule,
     load_loop_checkpoint,
 )
-from canvas_engineering.looped import LoopedBlockWrapper
-from canvas_engineering.module import CanvasModule
-from canvas_engineering.region_codecs import RegionFormat
+from canvas_engineering.models.looped import LoopedBlockWrapper
+from canvas_engineering.models.region_codecs import RegionFormat
+from canvas_engineering.training.module import CanvasModule
 
 FORMATS = {
     "video": {"kind": "patches", "channels": 1, "patch_size": 4},
@@ -478,7 +478,7 @@ def test_canvas_pictures_without_tensorboard_warns_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "module",
     [
-        "canvas_engineering.schedules",
+        "canvas_engineering.training.schedules",
         *(f"canvas_engineering.callbacks.{m}" for m in ("loops", "checkpoints", "pictures")),
     ],
 )

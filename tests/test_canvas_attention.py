@@ -16,17 +16,17 @@ import pytest
 import torch
 from canvas_engineering.plugins.attention.dot_product import CrossAttention
 
-import canvas_engineering.canvas_attention as canvas_attention_module
-from canvas_engineering.attention_mask import AttentionMask
-from canvas_engineering.attention_type import AttentionType
-from canvas_engineering.canvas_attention import CanvasAttention
-from canvas_engineering.compiler import AttentionPlan, compile_topology
+import canvas_engineering.attention.canvas_attention as canvas_attention_module
+from canvas_engineering.attention.attention_type import AttentionType
+from canvas_engineering.attention.canvas_attention import CanvasAttention
+from canvas_engineering.attention.kernels import KERNELS, SMALL_GROUP_PAIRS, resolve_kernel
+from canvas_engineering.compilation.attention_mask import AttentionMask
+from canvas_engineering.compilation.compiler import AttentionPlan, compile_topology
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
-from canvas_engineering.kernels import KERNELS, SMALL_GROUP_PAIRS, resolve_kernel
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.plugin_host import get_registry, hookimpl, register_plugin, unregister_plugin
-from canvas_engineering.region import RegionSpec
-from canvas_engineering.topology import CanvasTopology, Connection
+from canvas_engineering.plugin_host.host import get_registry, hookimpl, register_plugin, unregister_plugin
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from canvas_engineering.cli import main
-from canvas_engineering.lightning_cli import QUICKSTART_CONFIG
+from canvas_engineering.cli.commands import main
+from canvas_engineering.cli.lightning_cli import QUICKSTART_CONFIG
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -92,7 +92,7 @@ def test_plugins_json_lists_every_kind(capsys) -> None:
 
 
 def test_schema_command_summarises_and_draws(tmp_path: Path, capsys) -> None:
-    from canvas_engineering.presets import robot_manipulation_schema
+    from canvas_engineering.typed.presets import robot_manipulation_schema
 
     robot_manipulation_schema().to_json(tmp_path / "robot.json")
     assert main(["schema", str(tmp_path / "robot.json"), "--png", str(tmp_path / "out" / "robot")]) == 0

@@ -463,7 +463,7 @@ def test_backbone_argument_errors() -> None:
 def test_cogvideox_backbone_is_skipped_without_diffusers(monkeypatch: pytest.MonkeyPatch) -> None:
     from canvas_engineering.plugins.backbones import cogvideox as plugin
 
-    from canvas_engineering.plugin_host import KindRegistry
+    from canvas_engineering.plugin_host.host import KindRegistry
 
     real = plugin.importlib.util.find_spec
     monkeypatch.setattr(
@@ -481,7 +481,7 @@ def test_cogvideox_backbone_is_skipped_without_diffusers(monkeypatch: pytest.Mon
 
 
 def test_graft_compiles_once_and_every_layer_shares_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    import canvas_engineering.cogvideox as cogvideox_module
+    import canvas_engineering.integrations.cogvideox as cogvideox_module
 
     calls = []
     original = cogvideox_module.compile_topology

@@ -1,6 +1,6 @@
 """Property tests: ``compile_topology`` against a slow, literal reference of the topology semantics.
 
-``reference_mask`` below re-implements the module docstring of ``canvas_engineering.topology``
+``reference_mask`` below re-implements the module docstring of ``canvas_engineering.declare.topology``
 word for word with plain Python loops over every (query position, key position) pair and
 every reference frame. It shares no code with the compiler (which works on class tables),
 so agreement on random layouts and topologies is strong evidence that both are right.

@@ -21,8 +21,8 @@ from canvas_engineering.datamodules import (
 )
 
 from canvas_engineering import CanvasModule, CanvasValidationError, get_registry
-from canvas_engineering.plugin_host import KindRegistry
-from canvas_engineering.region_codecs import RegionFormat, expected_shape
+from canvas_engineering.models.region_codecs import RegionFormat, expected_shape
+from canvas_engineering.plugin_host.host import KindRegistry
 
 av = pytest.importorskip("av")
 pytest.importorskip("gymnasium")

@@ -32,8 +32,8 @@ from canvas_engineering import (
     load_loop_checkpoint,
     save_loop_checkpoint,
 )
-from canvas_engineering.loop_checkpoint import FORMAT, FORMAT_VERSION
-from canvas_engineering.presets import robot_manipulation_schema
+from canvas_engineering.models.loop_checkpoint import FORMAT, FORMAT_VERSION
+from canvas_engineering.typed.presets import robot_manipulation_schema
 
 D = 32
 N = 320

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_engineering import CanvasModule
-from canvas_engineering.future_metrics import FutureFrameMetric, repeat_last_baseline
+from canvas_engineering.training.future_metrics import FutureFrameMetric, repeat_last_baseline
 
 
 def test_metric_is_per_frame_mse_and_ssim_of_one() -> None:
@@ -126,7 +126,7 @@ def test_bouncing_balls_video_attention_and_action_weight_shape_the_canvas() -> 
 
 
 def test_future_metrics_table_lists_sample_first_then_baselines() -> None:
-    from canvas_engineering.future_metrics import future_metrics_table
+    from canvas_engineering.training.future_metrics import future_metrics_table
 
     table = future_metrics_table({
         "val/sample/video/mse/frame_4": 0.01, "val/baseline/last/video/mse/frame_4": 0.02,

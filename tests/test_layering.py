@@ -20,19 +20,18 @@ ROOT = "canvas_engineering"
 #: top-level folders installed into the import root (pyproject ``package-dir``)
 MAPPED = {"plugins": f"{ROOT}.plugins", "datamodules": f"{ROOT}.datamodules", "callbacks": f"{ROOT}.callbacks"}
 
-#: Lowest first. A module belongs to the first layer with a prefix it starts with.
+#: Lowest first: the layer of each top-level module or subpackage of the import root.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("_version", "errors", "validation", "_atomic", "_json_source",
-                    "plugin_host", "plugin_registry", "hookspecs")),
-    ("declaration", ("region", "layout", "topology", "schema", "canvas", "attention_types")),
-    ("typed and program", ("typed", "semantic", "packing", "presets", "program")),
-    ("compilation", ("compiler", "attention_mask")),
-    ("execution", ("attention_type", "canvas_attention", "kernels")),
-    ("models", ("backbone", "dit", "looped", "action_head", "region_codecs", "loop_checkpoint", "cogvideox")),
-    ("training", ("module", "noise_process", "future_metrics", "schedules", "training", "viz")),
+    ("foundation", ("_version", "errors", "validation", "_atomic", "_json_source", "plugin_host")),
+    ("declaration", ("declare",)),
+    ("typed and program", ("typed", "program")),
+    ("compilation", ("compilation",)),
+    ("execution", ("attention",)),
+    ("models", ("models", "integrations")),
+    ("training", ("training", "viz")),
     ("callbacks and data", ("callbacks", "datamodules")),
     ("plugins", ("plugins",)),
-    ("CLI", ("cli", "lightning_cli", "__main__")),
+    ("CLI", ("cli", "__main__")),
 ]
 
 

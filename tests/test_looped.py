@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from canvas_engineering.canvas_attention import CanvasAttention
-from canvas_engineering.dit import CanvasBlock
+from canvas_engineering.attention.canvas_attention import CanvasAttention
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.topology import CanvasTopology
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.looped import LoopedBlockWrapper
-from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.models.dit import CanvasBlock
+from canvas_engineering.models.looped import LoopedBlockWrapper
 
 D = 16
 BATCH = 2

@@ -11,8 +11,8 @@ from canvas_engineering.callbacks import EMAWeights
 from canvas_fixtures import FORMATS, tiny_loader, tiny_schema
 
 from canvas_engineering import CanvasModule, CanvasValidationError
-from canvas_engineering.module import WarmupCosine
-from canvas_engineering.noise_process import FlowMatchingProcess, make_noise_process, training_fractions
+from canvas_engineering.training.module import WarmupCosine
+from canvas_engineering.training.noise_process import FlowMatchingProcess, make_noise_process, training_fractions
 
 
 def test_flow_noises_linearly_and_its_reverse_ends_at_the_clean_estimate() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import canvas_engineering.canvas_attention as canvas_attention_module
-import canvas_engineering.compiler as compiler_module
-import canvas_engineering.dit as dit_module
+import canvas_engineering.attention.canvas_attention as canvas_attention_module
+import canvas_engineering.compilation.compiler as compiler_module
+import canvas_engineering.models.dit as dit_module
 from canvas_engineering import (
     AttentionMask,
     CanvasAttention,
@@ -33,11 +33,11 @@ from canvas_engineering import (
     UnknownAttentionTypeError,
     compile_topology,
 )
-from canvas_engineering.attention_mask import ViewCache
-from canvas_engineering.compiler import compile_additive_mask, compile_attention_mask
-from canvas_engineering.kernels import softmax_attention
-from canvas_engineering.plugin_host import get_registry
-from canvas_engineering.plugin_registry import PluginRegistry
+from canvas_engineering.attention.kernels import softmax_attention
+from canvas_engineering.compilation.attention_mask import ViewCache
+from canvas_engineering.compilation.compiler import compile_additive_mask, compile_attention_mask
+from canvas_engineering.plugin_host.host import get_registry
+from canvas_engineering.plugin_host.registry import PluginRegistry
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
@@ -286,10 +286,10 @@ def _runtime_imports(path: Path) -> set[str]:
 
 
 def test_topology_never_imports_the_compiler() -> None:
-    import canvas_engineering.topology as topology_module
+    import canvas_engineering.declare.topology as topology_module
 
     imports = _runtime_imports(Path(topology_module.__file__))
-    assert "canvas_engineering.compiler" not in imports
+    assert "canvas_engineering.compilation.compiler" not in imports
     higher = {"compiler", "attention_mask", "canvas_attention", "kernels"}
     assert not any(m.startswith("canvas_engineering.") and m.split(".")[1] in higher for m in imports)
 

@@ -20,10 +20,11 @@ import pluggy
 import pytest
 
 import canvas_engineering
-from canvas_engineering import hookspecs
-from canvas_engineering.cli import main
+from canvas_engineering.cli.commands import main
+from canvas_engineering.declare.topology import Connection
 from canvas_engineering.errors import UnknownAttentionTypeError
-from canvas_engineering.plugin_host import (
+from canvas_engineering.plugin_host import hookspecs
+from canvas_engineering.plugin_host.host import (
     BLOCK_ENV,
     DISABLE_AUTOLOAD_ENV,
     ENTRY_POINT_GROUP,
@@ -38,7 +39,6 @@ from canvas_engineering.plugin_host import (
     reset_plugins,
     unregister_plugin,
 )
-from canvas_engineering.topology import Connection
 
 
 class DummyType:
@@ -398,8 +398,8 @@ def test_reset_keeps_in_process_plugins(fake_eps: list[FakeEntryPoint], inproc_p
 def test_import_is_lazy() -> None:
     code = (
         "import sys, canvas_engineering\n"
-        "from canvas_engineering import plugin_host as ph\n"
-        "from canvas_engineering.topology import Connection\n"
+        "from canvas_engineering.plugin_host import host as ph\n"
+        "from canvas_engineering.declare.topology import Connection\n"
         "Connection('a', 'b', fn='cross_attention')\n"  # a declared name needs no registry
         "assert not ph.default_host().is_loaded, 'plugins loaded at import'\n"
         "assert 'canvas_engineering.plugins.attention' not in sys.modules\n"

@@ -20,9 +20,9 @@ import pluggy
 import pytest
 
 import canvas_engineering
-from canvas_engineering import errors, hookspecs, plugin_host, plugin_registry
-from canvas_engineering.attention_types import check_attention_type
-from canvas_engineering.cli import main
+from canvas_engineering import errors
+from canvas_engineering.cli.commands import main
+from canvas_engineering.declare.attention_vocabulary import check_attention_type
 from canvas_engineering.errors import (
     DuplicateRegistrationError,
     PluginError,
@@ -33,7 +33,10 @@ from canvas_engineering.errors import (
     UnknownHookError,
     UnknownPluginError,
 )
-from canvas_engineering.plugin_host import (
+from canvas_engineering.plugin_host import hookspecs
+from canvas_engineering.plugin_host import host as plugin_host
+from canvas_engineering.plugin_host import registry as plugin_registry
+from canvas_engineering.plugin_host.host import (
     BLOCK_ENV,
     PluginHost,
     default_host,
@@ -43,7 +46,7 @@ from canvas_engineering.plugin_host import (
     reset_plugins,
     unregister_plugin,
 )
-from canvas_engineering.plugin_registry import KindRegistry, Provider
+from canvas_engineering.plugin_host.registry import KindRegistry, Provider
 
 PACKAGE = Path(canvas_engineering.__file__).parent
 
@@ -270,8 +273,9 @@ def test_check_attention_type_against_an_explicit_registry() -> None:
 def test_declaring_in_the_vocabulary_or_with_a_registry_loads_no_plugin() -> None:
     code = (
         "import sys\n"
-        "from canvas_engineering import CanvasLayout, CanvasTopology, Connection, RegionSpec, plugin_host as ph\n"
-        "from canvas_engineering.attention_types import check_attention_type\n"
+        "from canvas_engineering import CanvasLayout, CanvasTopology, Connection, RegionSpec\n"
+        "from canvas_engineering.plugin_host import host as ph\n"
+        "from canvas_engineering.declare.attention_vocabulary import check_attention_type\n"
         "layout = CanvasLayout(T=2, H=2, W=2, d_model=8,\n"
         "    regions={'a': RegionSpec((0, 2, 0, 1, 0, 2), default_attn='mamba'), 'b': (0, 2, 1, 2, 0, 2)})\n"
         "CanvasTopology([Connection('a', 'b', fn='local_attention'), Connection('b', 'a')])\n"
@@ -301,7 +305,7 @@ def test_cli_plugins_lists_the_registry_it_is_given(capsys: pytest.CaptureFixtur
 
 
 def test_canvas_cli_uses_the_registry_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    lightning_cli = pytest.importorskip("canvas_engineering.lightning_cli")
+    lightning_cli = pytest.importorskip("canvas_engineering.cli.lightning_cli")
     passed: list[dict[str, object]] = []
 
     def fake_init(self: object, *args: object, **kwargs: object) -> None:  # LightningCLI itself is not under test
@@ -316,7 +320,7 @@ def test_canvas_cli_uses_the_registry_it_is_given(monkeypatch: pytest.MonkeyPatc
 
 
 def test_canvas_cli_hands_its_registry_to_a_model_that_takes_one() -> None:
-    lightning_cli = pytest.importorskip("canvas_engineering.lightning_cli")
+    lightning_cli = pytest.importorskip("canvas_engineering.cli.lightning_cli")
     from jsonargparse import Namespace
 
     cli = lightning_cli.CanvasCLI.__new__(lightning_cli.CanvasCLI)  # only the hook is under test
@@ -390,11 +394,15 @@ def _imported_modules(path: Path) -> set[str]:
 
 #: module -> the canvas_engineering modules it may import (the plugin host is the foundation layer)
 ALLOWED_IMPORTS = {
-    "hookspecs": set(),
-    "plugin_registry": {"canvas_engineering.errors"},
-    "plugin_host": {"canvas_engineering.errors", "canvas_engineering.hookspecs", "canvas_engineering.plugin_registry"},
+    "plugin_host/hookspecs": set(),
+    "plugin_host/registry": {"canvas_engineering.errors"},
+    "plugin_host/host": {
+        "canvas_engineering.errors",
+        "canvas_engineering.plugin_host.hookspecs",
+        "canvas_engineering.plugin_host.registry",
+    },
     # declaration layer: may use the foundation, never the execution layer
-    "attention_types": {"canvas_engineering.errors", "canvas_engineering.plugin_host"},
+    "declare/attention_vocabulary": {"canvas_engineering.errors", "canvas_engineering.plugin_host.host"},
 }
 
 
@@ -403,7 +411,9 @@ def test_plugin_host_modules_respect_the_layers(module: str) -> None:
     assert _imported_modules(PACKAGE / f"{module}.py") <= ALLOWED_IMPORTS[module]
 
 
-@pytest.mark.parametrize("module", ["plugin_host", "plugin_registry", "hookspecs", "attention_types"])
+@pytest.mark.parametrize(
+    "module", ["plugin_host/host", "plugin_host/registry", "plugin_host/hookspecs", "declare/attention_vocabulary"]
+)
 def test_no_global_statements(module: str) -> None:
     tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)]

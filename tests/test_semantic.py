@@ -11,13 +11,13 @@ import torch
 
 from canvas_engineering import CanvasLayout, RegionSpec, RegionValidationError, transfer_distance
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.semantic import (
+from canvas_engineering.typed.fields import Field, compile_schema
+from canvas_engineering.typed.semantic import (
     SemanticConditioner,
     auto_semantic_type,
     compute_semantic_embeddings,
     hashing_embed,
 )
-from canvas_engineering.typed import Field, compile_schema
 
 
 @dataclass

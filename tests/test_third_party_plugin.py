@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canvas_engineering.plugin_host import (
+from canvas_engineering.plugin_host.host import (
     BLOCK_ENV,
     DISABLE_AUTOLOAD_ENV,
     STRICT_ENV,
@@ -37,8 +37,8 @@ DIST = "canvas-engineering-example-plugin"
 CHECK = textwrap.dedent(
     """
     import contextlib, io, json
-    from canvas_engineering.cli import main
-    from canvas_engineering.topology import Connection
+    from canvas_engineering.cli.commands import main
+    from canvas_engineering.declare.topology import Connection
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -46,7 +46,7 @@ CHECK = textwrap.dedent(
     result = {"rows": json.loads(out.getvalue())}
     result["fn"] = Connection("a", "a", fn="talking_heads").fn
     try:
-        from canvas_engineering.canvas_attention import CanvasAttention
+        from canvas_engineering.attention.canvas_attention import CanvasAttention
     except ImportError:
         result["shape"] = None
     else:
@@ -168,7 +168,7 @@ def test_broken_distribution_beside_good_one(tmp_path: Path) -> None:
 @pytest.fixture
 def talking_heads(monkeypatch: pytest.MonkeyPatch) -> object:
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    pytest.importorskip("canvas_engineering.canvas_attention")
+    pytest.importorskip("canvas_engineering.attention.canvas_attention")
     import ce_example_plugin
 
     reset_plugins()
@@ -182,7 +182,7 @@ def talking_heads(monkeypatch: pytest.MonkeyPatch) -> object:
 
 def test_talking_heads_respects_the_mask(talking_heads: object) -> None:
     from canvas_engineering import CanvasLayout, CanvasTopology, Connection
-    from canvas_engineering.canvas_attention import CanvasAttention
+    from canvas_engineering.attention.canvas_attention import CanvasAttention
 
     torch.manual_seed(0)
     layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 1), "b": (0, 2, 0, 2, 1, 2)})
@@ -218,7 +218,7 @@ def test_talking_heads_respects_the_mask(talking_heads: object) -> None:
 
 def test_talking_heads_identity_mix_is_plain_attention(talking_heads: object) -> None:
     from canvas_engineering import CanvasLayout, CanvasTopology, Connection
-    from canvas_engineering.canvas_attention import CanvasAttention
+    from canvas_engineering.attention.canvas_attention import CanvasAttention
 
     torch.manual_seed(0)
     layout = CanvasLayout(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 2, 0, 2)})

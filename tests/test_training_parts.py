@@ -128,7 +128,7 @@ def test_without_a_program_predict_step_returns_every_fed_region_and_checkpoints
 
 
 def test_a_given_registry_builds_the_backbone_and_is_not_saved() -> None:
-    from canvas_engineering.plugin_host import PluginRegistry, get_registry
+    from canvas_engineering.plugin_host.host import PluginRegistry, get_registry
 
     built = []
 

@@ -16,7 +16,7 @@ from canvas_engineering import (
     UnknownAttentionTypeError,
     UnknownRegionError,
 )
-from canvas_engineering.typed import (
+from canvas_engineering.typed.fields import (
     BoundSchema,
     Field,
     FieldValidationError,

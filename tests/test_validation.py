@@ -399,7 +399,13 @@ def test_unknown_attention_type_in_region() -> None:
 
 
 def test_installed_attention_types_are_accepted() -> None:
-    from canvas_engineering.plugin_host import KindRegistry, get_registry, hookimpl, register_plugin, unregister_plugin
+    from canvas_engineering.plugin_host.host import (
+        KindRegistry,
+        get_registry,
+        hookimpl,
+        register_plugin,
+        unregister_plugin,
+    )
 
     class MyPluginAttn:
         @staticmethod

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from canvas_engineering.declare.schema import CanvasSchema
+from canvas_engineering.declare.topology import CanvasTopology, Connection, TemporalFill
 from canvas_engineering.errors import (
     CanvasValidationError,
     ProgramCycleError,
@@ -25,13 +27,11 @@ from canvas_engineering.program.serialisation import (
 )
 from canvas_engineering.program.vocabulary import FAMILIES
 from canvas_engineering.program.wiring import family_wiring, find_cycle
-from canvas_engineering.schema import CanvasSchema
-from canvas_engineering.topology import CanvasTopology, Connection, TemporalFill
 
 if TYPE_CHECKING:
     import torch
 
-    from canvas_engineering.layout import CanvasLayout
+    from canvas_engineering.declare.layout import CanvasLayout
 
 __all__ = ["CanvasProgram"]
 

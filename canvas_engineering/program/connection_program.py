@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from canvas_engineering.attention_types import check_attention_type
+from canvas_engineering.declare.attention_vocabulary import check_attention_type
 from canvas_engineering.errors import ProgramValidationError
 from canvas_engineering.program._checks import from_mapping, require_choice
 from canvas_engineering.program.vocabulary import WRITE_MODES, WriteModeName

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from canvas_engineering._json_source import read_json_source, write_json
+from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.errors import CanvasValidationError, ProgramValidationError
 from canvas_engineering.program._checks import prefix_message
-from canvas_engineering.schema import CanvasSchema
 
 if TYPE_CHECKING:
     from canvas_engineering.program.canvas_program import CanvasProgram

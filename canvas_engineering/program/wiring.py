@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from canvas_engineering.declare.topology import CanvasTopology, Connection, TemporalFill
 from canvas_engineering.program.vocabulary import FAMILIES
-from canvas_engineering.topology import CanvasTopology, Connection, TemporalFill
 
 __all__ = ["family_wiring", "find_cycle"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.models.region_codecs import RegionFormat
 from canvas_engineering.program import CanvasProgram
-from canvas_engineering.region_codecs import RegionFormat
-from canvas_engineering.schema import CanvasSchema
 from canvas_engineering.training.region_behaviour import RegionBehaviour
 
 __all__ = [
@@ -41,7 +41,7 @@ def as_schema(schema: CanvasSchema | Mapping[str, Any] | str) -> CanvasSchema:
     if isinstance(schema, Mapping):
         return CanvasSchema.from_dict(dict(schema))
     if isinstance(schema, str):
-        from canvas_engineering.presets import PRESETS  # presets build schemas: only needed for a name
+        from canvas_engineering.typed.presets import PRESETS  # presets build schemas: only needed for a name
 
         if schema in PRESETS:
             return PRESETS[schema]()

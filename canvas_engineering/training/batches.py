@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import torch
 
+from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import BatchValidationError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region_codecs import RegionFormat, expected_shape
+from canvas_engineering.models.region_codecs import RegionFormat, expected_shape
 
 __all__ = ["Batch", "validate_batch"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from canvas_engineering.plugin_host import PluginRegistry
+from canvas_engineering.models.region_codecs import RegionDecoder, RegionEncoder, RegionFormat
+from canvas_engineering.plugin_host.host import PluginRegistry
 from canvas_engineering.program import CanvasProgram
-from canvas_engineering.region_codecs import RegionDecoder, RegionEncoder, RegionFormat
 from canvas_engineering.training.arguments import module_key
 from canvas_engineering.training.region_behaviour import RegionBehaviour
 from canvas_engineering.training.write_modes import backbone_write_modes

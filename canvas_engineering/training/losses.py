@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import torch
 
+from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import NonFiniteLossError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.region_codecs import RegionFormat
+from canvas_engineering.models.region_codecs import RegionFormat
 
 __all__ = ["check_finite_loss", "position_losses", "position_weights", "weighted_loss"]
 

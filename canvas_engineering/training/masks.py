@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from canvas_engineering.layout import CanvasLayout
+from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.program import CanvasProgram
 from canvas_engineering.training.region_behaviour import RegionBehaviour
 

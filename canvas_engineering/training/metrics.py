@@ -2,7 +2,7 @@
 
 * :func:`region_loss_metrics` builds one torchmetrics ``MetricCollection`` of weighted means
   (one per loss-taking region, plus ``"loss"``), cloned per stage (train/val/test).
-* :class:`SampledFutureMetrics` owns the :class:`~canvas_engineering.future_metrics.FutureFrameMetric`
+* :class:`SampledFutureMetrics` owns the :class:`~canvas_engineering.training.future_metrics.FutureFrameMetric`
   of each (source, region) pair: ``"sample"`` (the model's sampled future) and every baseline.
   They are created on first use (baselines arrive with the batches) and are not part of the
   model's state dict.
@@ -17,11 +17,11 @@ import torch
 import torchmetrics
 from torch import nn
 
-from canvas_engineering.future_metrics import FutureFrameMetric, baselines_from_batch, repeat_last_baseline
 from canvas_engineering.training.arguments import module_key
+from canvas_engineering.training.future_metrics import FutureFrameMetric, baselines_from_batch, repeat_last_baseline
 
 if TYPE_CHECKING:
-    from canvas_engineering.module import CanvasModule
+    from canvas_engineering.training.module import CanvasModule
 
 __all__ = ["STAGES", "SampledFutureMetrics", "log_region_losses", "region_loss_metrics", "update_region_losses"]
 

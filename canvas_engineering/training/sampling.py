@@ -11,7 +11,7 @@ import torch
 from canvas_engineering.training.region_behaviour import RegionBehaviour
 
 if TYPE_CHECKING:
-    from canvas_engineering.module import CanvasModule
+    from canvas_engineering.training.module import CanvasModule
 
 __all__ = ["PredictionOutputs", "denoise_future"]
 

@@ -26,7 +26,7 @@ from canvas_engineering.plugins.attention.summaries import (
     PoolingAttention,
 )
 
-from canvas_engineering.plugin_host import hookimpl
+from canvas_engineering.plugin_host.host import hookimpl
 
 BUILTIN_TYPES = (
     CrossAttention,

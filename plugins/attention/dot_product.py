@@ -14,9 +14,9 @@ from canvas_engineering.plugins.attention.summaries import option_field
 from einops import rearrange
 from torch import nn
 
-from canvas_engineering.attention_mask import AttentionMask
-from canvas_engineering.attention_type import QKVAttentionType
-from canvas_engineering.kernels import score_attention, softmax_attention
+from canvas_engineering.attention.attention_type import QKVAttentionType
+from canvas_engineering.attention.kernels import score_attention, softmax_attention
+from canvas_engineering.compilation.attention_mask import AttentionMask
 from canvas_engineering.validation import (
     check_finite_float,
     check_int,

@@ -1,7 +1,7 @@
 """Built-in sequence-model attention types over canvas real time: mamba, rwkv, hyena.
 
 The sequence order is the canvas *real time* (a region with period ``p`` puts its ``k``-th frame
-at ``t0 + k * p``, see :mod:`canvas_engineering.topology`). Every type works on per-class key
+at ``t0 + k * p``, see :mod:`canvas_engineering.declare.topology`). Every type works on per-class key
 summaries: ``u_c``, the mean of the key tokens of key class ``c`` (one region at one frame),
 projected (projecting the mean equals averaging the projected tokens). Each query class ``a``
 then runs its own sequence model over the key classes its row of the (Cq, Ck) weight table
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from canvas_engineering.plugins.attention.summaries import class_mean, mask_cached, option_field, zero_invalid
 from torch import nn
 
-from canvas_engineering.attention_mask import AttentionMask, ClassView
-from canvas_engineering.attention_type import AttentionType
+from canvas_engineering.attention.attention_type import AttentionType
+from canvas_engineering.compilation.attention_mask import AttentionMask, ClassView
 from canvas_engineering.validation import check_int, check_positive_int
 
 __all__ = ["HyenaAttention", "MambaAttention", "RWKVAttention"]

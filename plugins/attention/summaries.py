@@ -2,7 +2,7 @@
 
 A group's mask is class-structured: whether query ``i`` may attend key ``j``, and with which
 connection weight, depends only on (class of ``i``, class of ``j``), a class being one region
-at one canvas frame (see :class:`~canvas_engineering.attention_mask.ClassView`). Every type
+at one canvas frame (see :class:`~canvas_engineering.compilation.attention_mask.ClassView`). Every type
 here first reduces the keys of each key class to a summary computed from that class's keys
 only, then mixes the summaries of each query class with its row of the (Cq, Ck) weight table
 (weight 0 = blocked). A query therefore never receives information from a key the mask blocks
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from canvas_engineering.attention_mask import AttentionMask, ClassView
-from canvas_engineering.attention_type import AttentionType, QKVAttentionType
+from canvas_engineering.attention.attention_type import AttentionType, QKVAttentionType
+from canvas_engineering.compilation.attention_mask import AttentionMask, ClassView
 from canvas_engineering.validation import check_finite_float, check_positive_int
 
 __all__ = ["CopyAttention", "LinearAttention", "NoneAttention", "PerceiverAttention", "PoolingAttention"]

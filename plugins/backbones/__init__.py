@@ -14,7 +14,7 @@ from canvas_engineering.plugins.backbones.canvas_dit import build_canvas_dit
 from canvas_engineering.plugins.backbones.cogvideox import register_cogvideox
 from torch import nn
 
-from canvas_engineering.plugin_host import hookimpl
+from canvas_engineering.plugin_host.host import hookimpl
 
 #: backbone name -> factory(layout, topology, **config)
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {

@@ -1,14 +1,14 @@
-"""The ``canvas_dit`` backbone: the from-scratch :class:`~canvas_engineering.dit.CanvasDiT`."""
+"""The ``canvas_dit`` backbone: the from-scratch :class:`~canvas_engineering.models.dit.CanvasDiT`."""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
-from canvas_engineering.dit import CanvasDiT
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.topology import CanvasTopology
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.models.dit import CanvasDiT
 
 __all__ = ["build_canvas_dit"]
 

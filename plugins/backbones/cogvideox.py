@@ -14,18 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from canvas_engineering.backbone import CanvasBackbone
-from canvas_engineering.cogvideox import (
+from canvas_engineering.compilation.compiler import compile_topology
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.topology import CanvasTopology
+from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.integrations.cogvideox import (
     FREEZE_STRATEGIES,
     FreezeStrategy,
     TextRule,
     install_canvas_processor,
     wrap_transformer_blocks,
 )
-from canvas_engineering.compiler import compile_topology
-from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.layout import CanvasLayout
-from canvas_engineering.topology import CanvasTopology
+from canvas_engineering.models.backbone import CanvasBackbone
 from canvas_engineering.validation import check_choice, check_positive_int
 
 __all__ = ["CogVideoXBackbone", "build_cogvideox_backbone", "register_cogvideox"]
@@ -38,8 +38,8 @@ class CogVideoXBackbone(CanvasBackbone):
     ``time_proj`` + ``time_embedding`` on the timestep; ``text_tokens`` learned tokens
     (text_tokens x inner_dim) as ``encoder_hidden_states``; every block of
     ``transformer.transformer_blocks`` (wrapped in
-    :class:`~canvas_engineering.looped.LoopedBlockWrapper`, attention through
-    :class:`~canvas_engineering.cogvideox.CanvasCogVideoXAttnProcessor` with the compiled
+    :class:`~canvas_engineering.models.looped.LoopedBlockWrapper`, attention through
+    :class:`~canvas_engineering.integrations.cogvideox.CanvasCogVideoXAttnProcessor` with the compiled
     topology); ``norm_final``; ``proj_out`` (inner_dim -> d_model, zero-initialised, so a new
     backbone outputs zeros). The transformer's patch embedding, output norm and output
     projection are not used and not kept. Models with rotary embeddings (CogVideoX-5B) get

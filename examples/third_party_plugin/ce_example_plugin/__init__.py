@@ -16,8 +16,8 @@ from torch import nn
 from canvas_engineering import AttentionType, hookimpl
 
 if TYPE_CHECKING:
-    from canvas_engineering.attention_mask import AttentionMask
-    from canvas_engineering.plugin_host import KindRegistry
+    from canvas_engineering.compilation.attention_mask import AttentionMask
+    from canvas_engineering.plugin_host.host import KindRegistry
 
 __all__ = ["TalkingHeadsAttention", "register_attention_types"]
 

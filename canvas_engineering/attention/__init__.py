@@ -1,0 +1,2 @@
+"""Execution layer: ``CanvasAttention``, the ``AttentionType`` base class and the kernels."""
+

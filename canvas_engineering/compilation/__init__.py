@@ -1,0 +1,2 @@
+"""Compilation layer: a topology compiled to an ``AttentionPlan`` and its masks."""
+

@@ -1,0 +1,2 @@
+"""Declaration layer: regions, layouts, connections, topologies, schemas, the attention-type vocabulary."""
+

@@ -1,0 +1,291 @@
+"""``CanvasLayout``: the (T, H, W) grid, its named regions and their frame maps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.errors import LayoutValidationError, RegionValidationError, UnknownRegionError
+from canvas_engineering.validation import check_int, check_name, check_positive_int
+
+__all__ = ["CanvasLayout"]
+
+
+def _fmt(bounds: Sequence[int]) -> str:
+    return "(" + ",".join(str(b) for b in bounds) + ")"
+
+
+@dataclass(frozen=True, eq=False)
+class CanvasLayout:
+    """Declarative canvas geometry: a (T, H, W) grid of ``d_model`` tokens and named regions.
+
+    Positions are flattened as ``t * H * W + h * W + w``. Raw bound tuples in ``regions``
+    are wrapped as ``RegionSpec(bounds=...)``. A region with period ``p`` whose first canvas
+    frame is ``t0`` stands for real frames ``t0, t0 + p, t0 + 2p, ...``; every real frame must
+    lie in ``[0, T)``.
+
+    Args:
+        T: canvas frames.
+        H: grid height.
+        W: grid width.
+        d_model: token width.
+        regions: name -> ``RegionSpec`` or ``(t0, t1, h0, h1, w0, w1)``.
+        t_current: first "future" frame; positions at ``t >= t_current`` are outputs.
+
+    Raises:
+        LayoutValidationError: bad grid sizes, overlapping regions, t_current outside [0, T].
+        RegionValidationError: a region breaks a rule; the message names the region.
+
+    Example::
+
+        >>> layout = CanvasLayout(T=5, H=8, W=8, d_model=256,
+        ...     regions={"visual": (0, 5, 0, 6, 0, 6), "action": (0, 5, 6, 7, 0, 1)}, t_current=2)
+        >>> layout.num_positions, layout.region_numel("visual")
+        (320, 180)
+
+    """
+
+    T: int
+    H: int
+    W: int
+    d_model: int
+    regions: dict[str, RegionSpec] = field(default_factory=dict)
+    t_current: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("T", "H", "W", "d_model"):
+            check_positive_int(getattr(self, name), f"CanvasLayout.{name}", error=LayoutValidationError)
+        if not isinstance(self.regions, Mapping):
+            msg = (
+                "CanvasLayout.regions must be a mapping of name -> RegionSpec or bounds, "
+                f"got {type(self.regions).__name__}"
+            )
+            raise LayoutValidationError(msg)
+        specs: dict[str, RegionSpec] = {}
+        for name, value in self.regions.items():
+            check_name(name, "region name", error=RegionValidationError, sep=" ")
+            try:
+                spec = RegionSpec.coerce(value)
+            except RegionValidationError as err:
+                msg = f"region {name!r}: {err}"
+                raise RegionValidationError(msg) from None
+            self._check_in_grid(name, spec)
+            specs[name] = spec
+        object.__setattr__(self, "regions", specs)
+        self._check_overlaps()
+        check_int(
+            self.t_current,
+            "CanvasLayout.t_current",
+            error=LayoutValidationError,
+            minimum=0,
+            maximum=self.T,
+            rule=f"an integer in [0, T={self.T}]",
+        )
+
+    def _key(self) -> tuple:
+        # Region order is part of identity: it fixes region ids (and so class ids).
+        return (self.T, self.H, self.W, self.d_model, self.t_current, tuple(self.regions.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CanvasLayout) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    # -- validation ------------------------------------------------------------------
+
+    def _check_in_grid(self, name: str, spec: RegionSpec) -> None:
+        limits = (self.T, self.H, self.W)
+        for axis, hi, limit in zip("thw", spec.bounds[1::2], limits, strict=True):
+            if hi > limit:
+                msg = (
+                    f"region {name!r} bounds {_fmt(spec.bounds)} lie outside the grid: "
+                    f"{axis}1={hi} > {axis.upper()}={limit}"
+                )
+                raise RegionValidationError(msg)
+        last_real = spec.bounds[0] + (spec.num_frames - 1) * spec.period
+        if last_real >= self.T:
+            msg = (
+                f"region {name!r} with period {spec.period} over {spec.num_frames} canvas frames reaches "
+                f"real frame {last_real}, outside the canvas's real frames [0, T={self.T})"
+            )
+            raise RegionValidationError(msg)
+
+    def _check_overlaps(self) -> None:
+        if len(self.regions) < 2:
+            return
+        names = list(self.regions)
+        boxes = torch.tensor([spec.bounds for spec in self.regions.values()])  # (R, 6)
+        lo, hi = boxes[:, 0::2], boxes[:, 1::2]  # (R, 3) each
+        # Two half-open boxes intersect iff they intersect on every axis.
+        inter = (torch.maximum(lo[:, None], lo[None]) < torch.minimum(hi[:, None], hi[None])).all(-1)
+        inter &= torch.ones_like(inter).triu(1)
+        if inter.any():
+            i, j = (int(v) for v in inter.nonzero()[0])
+            a, b = names[i], names[j]
+            msg = (
+                f"region {b!r} bounds {_fmt(self.regions[b].bounds)} "
+                f"overlap region {a!r} bounds {_fmt(self.regions[a].bounds)}"
+            )
+            raise LayoutValidationError(msg)
+
+    # -- regions ---------------------------------------------------------------------
+
+    @property
+    def num_positions(self) -> int:
+        """Total number of canvas positions, ``T * H * W``."""
+        return self.T * self.H * self.W
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """Region names in declaration order (their region ids)."""
+        return tuple(self.regions)
+
+    def region_spec(self, name: str) -> RegionSpec:
+        """Return the ``RegionSpec`` of a region (raw tuples are already wrapped)."""
+        try:
+            return self.regions[name]
+        except KeyError:
+            msg = f"unknown region {name!r}; layout regions: {', '.join(self.regions) or '(none)'}"
+            raise UnknownRegionError(msg) from None
+
+    def region_size(self, name: str) -> tuple[int, int, int]:
+        """``(frames, height, width)`` of a region."""
+        return self.region_spec(name).shape
+
+    def region_numel(self, name: str) -> int:
+        """Return the number of positions of a region."""
+        return self.region_spec(name).size
+
+    def region_indices(self, name: str) -> torch.Tensor:
+        """Flat indices ``t*H*W + h*W + w`` of a region's positions, (t, h, w)-major, as a LongTensor."""
+        self.region_spec(name)  # raises UnknownRegionError naming the region
+        return self._region_index_cache[name].clone()  # callers may modify their copy
+
+    @cached_property
+    def _region_index_cache(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, spec in self.regions.items():
+            t0, t1, h0, h1, w0, w1 = spec.bounds
+            t = torch.arange(t0, t1)[:, None, None] * (self.H * self.W)
+            h = torch.arange(h0, h1)[None, :, None] * self.W
+            w = torch.arange(w0, w1)[None, None, :]
+            out[name] = (t + h + w).reshape(-1)
+        return out
+
+    # -- per-position vectors -------------------------------------------------------
+
+    @cached_property
+    def position_region_ids(self) -> torch.Tensor:
+        """(N,) region id of each position (declaration order); ``len(regions)`` where unassigned."""
+        grid = torch.full((self.T, self.H, self.W), len(self.regions), dtype=torch.long)
+        for i, spec in enumerate(self.regions.values()):
+            t0, t1, h0, h1, w0, w1 = spec.bounds
+            grid[t0:t1, h0:h1, w0:w1] = i
+        return grid.reshape(-1)
+
+    @cached_property
+    def position_frames(self) -> torch.Tensor:
+        """(N,) canvas frame ``t`` of each position."""
+        return torch.arange(self.T).repeat_interleave(self.H * self.W)
+
+    @cached_property
+    def frame_real_times(self) -> torch.Tensor:
+        """(R + 1, T) real frame of each (region, canvas frame); -1 where the region has no frame.
+
+        The last row stands for unassigned positions.
+        """
+        table = torch.full((len(self.regions) + 1, self.T), -1, dtype=torch.long)
+        for i, spec in enumerate(self.regions.values()):
+            t0, t1 = spec.bounds[:2]
+            table[i, t0:t1] = t0 + torch.arange(t1 - t0) * spec.period
+        return table
+
+    def output_mask(self) -> torch.Tensor:
+        """(N,) bool: positions at ``t >= t_current`` (the diffusion outputs).
+
+        ``t`` is the position's real frame, which is its canvas frame for period-1 regions and
+        unassigned positions; a slow region's frame counts from the real time it stands for.
+        """
+        real = self.frame_real_times[self.position_region_ids, self.position_frames]
+        return torch.where(real >= 0, real, self.position_frames) >= self.t_current
+
+    def loss_weight_mask(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """(N,) float loss weight per position: ``loss_weight`` in output regions, 0 elsewhere."""
+        per_region = torch.tensor(
+            [spec.loss_weight if spec.is_output else 0.0 for spec in self.regions.values()] + [0.0]
+        )
+        return per_region[self.position_region_ids].to(device)
+
+    # -- frame maps ------------------------------------------------------------------
+
+    def real_frame(self, name: str, canvas_t: int) -> int:
+        """Real frame of a region's ``canvas_t``-th frame (counted from the region's start).
+
+        ``real = t0 + canvas_t * period``; e.g. ``real_frame("thought", canvas_t=2) == 8`` for a
+        period-4 region starting at frame 0.
+
+        Raises:
+            LayoutValidationError: if ``canvas_t`` is not one of the region's frames.
+
+        """
+        spec = self.region_spec(name)
+        check_int(
+            canvas_t,
+            f"region {name!r}: canvas_t",
+            error=LayoutValidationError,
+            minimum=0,
+            maximum=spec.num_frames - 1,
+            rule=f"an integer in [0, {spec.num_frames})",
+        )
+        return spec.bounds[0] + canvas_t * spec.period
+
+    def canvas_frame(self, name: str, real_t: int) -> int | None:
+        """Return the region's frame index (from its start) holding real frame ``real_t``, or ``None``.
+
+        ``None`` when ``real_t`` falls between the region's frames or outside them.
+        """
+        spec = self.region_spec(name)
+        k, rem = divmod(real_t - spec.bounds[0], spec.period)
+        if rem != 0 or not 0 <= k < spec.num_frames:
+            return None
+        return k
+
+    # -- presentation -----------------------------------------------------------------
+
+    def summary(self) -> str:
+        """Return a readable table of the grid and its regions."""
+        n = self.num_positions
+        lines = [
+            f"CanvasLayout T={self.T} H={self.H} W={self.W} d_model={self.d_model} "
+            f"t_current={self.t_current}: {n:,} positions",
+            f"  {'region':<16}{'bounds':<22}{'positions':>10}{'share':>8}{'period':>8}{'output':>8}{'weight':>8}  attn",
+        ]
+        assigned = 0
+        for name, spec in self.regions.items():
+            assigned += spec.size
+            lines.append(
+                f"  {name:<16}{_fmt(spec.bounds):<22}{spec.size:>10,}{spec.size / n:>8.1%}{spec.period:>8}"
+                f"{'yes' if spec.is_output else 'no':>8}{spec.loss_weight:>8.2f}  {spec.default_attn or '-'}"
+            )
+        lines.append(f"  {'(unassigned)':<16}{'':<22}{n - assigned:>10,}{(n - assigned) / n:>8.1%}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "T": self.T,
+            "H": self.H,
+            "W": self.W,
+            "d_model": self.d_model,
+            "t_current": self.t_current,
+            "regions": {name: spec.to_dict() for name, spec in self.regions.items()},
+        }

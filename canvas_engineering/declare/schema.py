@@ -1,0 +1,238 @@
+"""``CanvasSchema`` (layout + topology + metadata, JSON round trip) and transfer distance."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from canvas_engineering._json_source import read_json_source, write_json
+from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.region import RegionSpec, validate_embedding
+from canvas_engineering.declare.topology import CanvasTopology, Connection
+from canvas_engineering.errors import CanvasValidationError, SchemaValidationError
+from canvas_engineering.validation import check_finite_float
+
+__all__ = ["SCHEMA_FORMAT_VERSION", "CanvasSchema", "transfer_distance"]
+
+#: Version written into every schema file.
+SCHEMA_FORMAT_VERSION = 1
+
+
+def _embedding(x: RegionSpec | Sequence[float] | torch.Tensor, side: str) -> torch.Tensor:
+    if isinstance(x, RegionSpec):
+        if x.semantic_embedding is None:
+            msg = f"transfer_distance: the {side} RegionSpec (bounds {x.bounds}) has no semantic_embedding"
+            raise CanvasValidationError(msg)
+        return torch.tensor(x.semantic_embedding, dtype=torch.float64)
+    try:
+        return torch.tensor(validate_embedding(x), dtype=torch.float64)
+    except CanvasValidationError as err:
+        msg = f"transfer_distance: the {side} vector: {err}"
+        raise CanvasValidationError(msg) from None
+
+
+def transfer_distance(a: RegionSpec | Sequence[float], b: RegionSpec | Sequence[float]) -> float:
+    """Cosine distance ``1 - cos(a, b)`` between two semantic embeddings, in [0, 2].
+
+    Accepts ``RegionSpec`` objects (their ``semantic_embedding``) or raw vectors.
+
+    Raises:
+        CanvasValidationError: a spec has no embedding, the dimensions differ, the
+            specs declare different embedding models, or a vector is all zeros.
+
+    """
+    if isinstance(a, RegionSpec) and isinstance(b, RegionSpec):
+        if a.embedding_model and b.embedding_model and a.embedding_model != b.embedding_model:
+            msg = (
+                f"transfer_distance: embedding models differ ({a.embedding_model!r} vs {b.embedding_model!r}); "
+                "distances are only comparable within one embedding space"
+            )
+            raise CanvasValidationError(msg)
+    va, vb = _embedding(a, "first"), _embedding(b, "second")
+    if va.shape != vb.shape:
+        msg = f"transfer_distance: embedding dimensions differ ({va.numel()} vs {vb.numel()})"
+        raise CanvasValidationError(msg)
+    if va.norm() == 0 or vb.norm() == 0:
+        msg = "transfer_distance: an all-zero embedding has no direction"
+        raise CanvasValidationError(msg)
+    distance = 1.0 - torch.nn.functional.cosine_similarity(va, vb, dim=0)
+    return float(distance.clamp(0.0, 2.0))  # rounding can step just outside [0, 2]
+
+
+@dataclass(frozen=True)
+class CanvasSchema:
+    """The complete, portable declaration of a canvas model: layout + topology + metadata.
+
+    Args:
+        layout: the canvas geometry and regions.
+        topology: the attention graph (default: dense over every region).
+        metadata: free-form JSON-serialisable information (model, data, ...).
+
+    Raises:
+        ConnectionValidationError: the topology names a region the layout lacks.
+        SchemaValidationError: metadata is not JSON-serialisable.
+
+    """
+
+    layout: CanvasLayout
+    topology: CanvasTopology | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, CanvasLayout):
+            msg = f"CanvasSchema.layout must be a CanvasLayout, got {type(self.layout).__name__}"
+            raise SchemaValidationError(msg)
+        if self.topology is None:
+            object.__setattr__(self, "topology", CanvasTopology.dense(list(self.layout.regions)))
+        self.topology.validate(self.layout)
+        if not isinstance(self.metadata, Mapping):
+            msg = f"CanvasSchema.metadata must be a mapping, got {type(self.metadata).__name__}"
+            raise SchemaValidationError(msg)
+        try:
+            json.dumps(dict(self.metadata))
+        except (TypeError, ValueError) as err:
+            msg = f"CanvasSchema.metadata is not JSON-serialisable: {err}"
+            raise SchemaValidationError(msg) from None
+        object.__setattr__(self, "metadata", dict(self.metadata))
+
+    # -- serialisation ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``version``, ``layout``, ``topology``, ``metadata``)."""
+        return {
+            "version": SCHEMA_FORMAT_VERSION,
+            "layout": self.layout.to_dict(),
+            "topology": self.topology.to_dict(),
+            "metadata": self.metadata,
+        }
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+        """Return the schema as JSON text; with ``path``, also written there atomically (temp file + rename)."""
+        return write_json(self.to_dict(), path, indent)
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike[str]) -> CanvasSchema:
+        """Load from JSON text or a file path.
+
+        Raises:
+            SchemaValidationError: unreadable file, invalid JSON, or a missing/bad key (named).
+
+        """
+        data, where = read_json_source(source, "schema", SchemaValidationError)
+        return cls.from_dict(data, where=where)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "schema") -> CanvasSchema:
+        """Build from a dict as written by :meth:`to_dict`, naming the first missing or bad key."""
+        reader = _KeyReader(where)
+        root = reader.mapping(data, "")
+        version = root.get("version", SCHEMA_FORMAT_VERSION)
+        if version != SCHEMA_FORMAT_VERSION:
+            msg = f"{where}: key 'version' is {version!r}; this library reads version {SCHEMA_FORMAT_VERSION}"
+            raise SchemaValidationError(msg)
+        lay = reader.mapping(reader.get(root, "layout", ""), "layout")
+        regions_raw = reader.mapping(reader.get(lay, "regions", "layout"), "layout.regions")
+        regions = {}
+        for name, spec in regions_raw.items():
+            key = f"layout.regions.{name}"
+            spec = reader.mapping(spec, key)
+            kwargs = dict(spec)
+            bounds = reader.get(spec, "bounds", key)
+            if not isinstance(bounds, list):
+                msg = f"{where}: key '{key}.bounds' must be a list of six integers, got {bounds!r}"
+                raise SchemaValidationError(msg)
+            kwargs["bounds"] = tuple(bounds)
+            regions[name] = reader.build(RegionSpec, kwargs, key)
+        layout = reader.build(
+            CanvasLayout,
+            {
+                "T": reader.get(lay, "T", "layout"),
+                "H": reader.get(lay, "H", "layout"),
+                "W": reader.get(lay, "W", "layout"),
+                "d_model": reader.get(lay, "d_model", "layout"),
+                "regions": regions,
+                "t_current": lay.get("t_current", 0),
+            },
+            "layout",
+        )
+        topo = reader.mapping(root.get("topology", {"connections": []}), "topology")
+        conns_raw = reader.get(topo, "connections", "topology")
+        if not isinstance(conns_raw, list):
+            msg = f"{where}: key 'topology.connections' must be a list, got {type(conns_raw).__name__}"
+            raise SchemaValidationError(msg)
+        conns = []
+        for i, c in enumerate(conns_raw):
+            key = f"topology.connections[{i}]"
+            c = reader.mapping(c, key)
+            reader.get(c, "src", key)
+            reader.get(c, "dst", key)
+            conns.append(reader.build(Connection, dict(c), key))
+        metadata = reader.mapping(root.get("metadata", {}), "metadata")
+        return cls(layout=layout, topology=CanvasTopology(conns), metadata=dict(metadata))
+
+    # -- semantics ----------------------------------------------------------------------
+
+    def compatible_regions(self, other: CanvasSchema, threshold: float = 0.3) -> list[tuple[str, str, float]]:
+        """Region pairs ``(mine, theirs, distance)`` whose transfer distance is <= ``threshold``.
+
+        Only regions with semantic embeddings of equal size take part; sorted by distance.
+        """
+        check_finite_float(threshold, "compatible_regions: threshold", sep=" ")
+        mine = _embedded(self.layout)
+        theirs = _embedded(other.layout)
+        pairs = []
+        for (name_a, spec_a) in mine:
+            for (name_b, spec_b) in theirs:
+                if len(spec_a.semantic_embedding) != len(spec_b.semantic_embedding):
+                    continue
+                model_a, model_b = spec_a.embedding_model, spec_b.embedding_model
+                if model_a and model_b and model_a != model_b:
+                    continue
+                d = transfer_distance(spec_a, spec_b)
+                if d <= threshold:
+                    pairs.append((name_a, name_b, d))
+        return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+
+    def summary(self) -> str:
+        """Layout and topology summaries plus metadata."""
+        meta = f"metadata: {json.dumps(self.metadata)}" if self.metadata else "metadata: (none)"
+        return "\n".join([self.layout.summary(), self.topology.summary(), meta])
+
+
+def _embedded(layout: CanvasLayout) -> list[tuple[str, RegionSpec]]:
+    return [(n, s) for n, s in layout.regions.items() if s.semantic_embedding is not None and any(s.semantic_embedding)]
+
+
+class _KeyReader:
+    """Reads nested keys and turns construction errors into messages naming the key."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def mapping(self, value: object, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            msg = f"{self.where}: key {key or '(root)'!r} must be an object, got {type(value).__name__}"
+            raise SchemaValidationError(msg)
+        return value
+
+    def get(self, obj: Mapping[str, Any], name: str, parent: str) -> Any:
+        if name not in obj:
+            full = f"{parent}.{name}" if parent else name
+            msg = f"{self.where}: missing key {full!r}"
+            raise SchemaValidationError(msg)
+        return obj[name]
+
+    def build(self, kind: type, kwargs: dict[str, Any], key: str) -> Any:
+        try:
+            return kind(**kwargs)
+        except TypeError as err:
+            msg = f"{self.where}: key {key!r}: {err}"
+            raise SchemaValidationError(msg) from None
+        except CanvasValidationError as err:
+            msg = f"{self.where}: key {key!r}: {err}"
+            raise SchemaValidationError(msg) from None

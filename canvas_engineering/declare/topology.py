@@ -1,0 +1,319 @@
+"""``Connection``, ``TemporalFill`` and ``CanvasTopology``: which region attends to which.
+
+Temporal semantics (what :func:`canvas_engineering.compile_topology` implements)
+---------------------------------------------------------------------------------
+Every position has a *real time*: a region whose first canvas frame is ``t0`` and whose
+period is ``p`` puts its ``k``-th frame at real time ``t0 + k * p``. For a connection
+``src -> dst`` (``src`` positions are queries, ``dst`` positions keys/values):
+
+* ``t_src is None and t_dst is None``: every src position attends every dst position.
+* otherwise, for every reference frame ``ref`` in ``[0, T)``, src positions at real time
+  ``ref + t_src`` (every src position if ``t_src is None``) read dst at real time
+  ``rho = ref + t_dst`` (every dst position if ``t_dst is None``). A ``rho`` outside
+  ``[0, T)`` is skipped.
+* reading dst at ``rho``: the dst frame at exactly ``rho`` if there is one. Otherwise, if
+  ``rho`` lies inside the dst region's span (from its first frame up to ``period`` past its
+  last one), the connection's ``temporal_fill`` decides: ``DROP`` reads nothing, ``HOLD``
+  reads the latest dst frame before ``rho``, ``INTERPOLATE`` reads the dst frames just
+  before and just after ``rho`` with the connection weight split by inverse distance of
+  ``interpolation_order`` (``w_i ∝ d_i ** -order``; only the earlier frame past the last one).
+  Outside the span nothing is read.
+* where several connections (or several reference frames) allow the same pair, the mask
+  holds the largest weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from canvas_engineering.declare.attention_vocabulary import DEFAULT_ATTENTION, check_attention_type
+from canvas_engineering.errors import CanvasValidationError, ConnectionValidationError
+
+if TYPE_CHECKING:
+    import torch
+
+    from canvas_engineering.compilation.compiler import AttentionPlan
+    from canvas_engineering.declare.layout import CanvasLayout
+
+__all__ = ["AttentionOp", "CanvasTopology", "Connection", "TemporalFill", "set_plan_compiler"]
+
+#: ``(layout, topology) -> AttentionPlan``, registered by the compilation layer when it is
+#: imported (``canvas_engineering.compilation.compiler`` registers ``compile_topology``). Declarations never
+#: import the compiler, so the two 0.1.0 mask methods of :class:`CanvasTopology` reach it here.
+PlanCompiler = Callable[["CanvasLayout", "CanvasTopology"], "AttentionPlan"]
+_plan_compiler: PlanCompiler | None = None
+
+
+def set_plan_compiler(compiler: PlanCompiler | None) -> None:
+    """Register the compiler of the two 0.1.0 mask methods (``None`` unregisters it).
+
+    :meth:`CanvasTopology.to_attention_mask` and :meth:`CanvasTopology.to_additive_mask`
+    compile with it.
+    """
+    global _plan_compiler
+    _plan_compiler = compiler
+
+
+def _compiled(layout: CanvasLayout, topology: CanvasTopology) -> AttentionPlan:
+    if _plan_compiler is None:
+        msg = (
+            "CanvasTopology mask methods need the compiler: import canvas_engineering (or "
+            "canvas_engineering.compilation.compiler), or call canvas_engineering.compile_topology(layout, topology)"
+        )
+        raise CanvasValidationError(msg)
+    return _plan_compiler(layout, topology)
+
+
+class TemporalFill(str, Enum):
+    """What a time-constrained connection reads when its target falls between dst frames."""
+
+    #: read nothing
+    DROP = "drop"
+    #: read the latest dst frame before the target (zero-order hold); the default
+    HOLD = "hold"
+    #: read the dst frames around the target, weighted by inverse distance
+    INTERPOLATE = "interpolate"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One attention operation: ``src`` positions query ``dst`` keys/values.
+
+    Args:
+        src: query region.
+        dst: key/value region.
+        weight: connection weight (finite, > 0): a log-weight bias for score-based types,
+            an output scale for the others. Use ``fn="none"`` to disable an edge.
+        t_src: relative frame offset of the queries (``None``: every frame).
+        t_dst: relative frame offset of the keys (``None``: every frame).
+        fn: attention function type (``None``: the src region's ``default_attn``, then
+            ``"cross_attention"``).
+        temporal_fill: what to read when the target falls between dst frames.
+        interpolation_order: inverse-distance order for ``INTERPOLATE`` (finite, >= 0).
+
+    Raises:
+        ConnectionValidationError: a field breaks its rule (message names the connection).
+        UnknownAttentionTypeError: ``fn`` is neither declared nor installed.
+
+    """
+
+    src: str
+    dst: str
+    weight: float = 1.0
+    t_src: int | None = None
+    t_dst: int | None = None
+    fn: str | None = None
+    temporal_fill: TemporalFill = TemporalFill.HOLD
+    interpolation_order: float = 1
+
+    def __post_init__(self) -> None:
+        for end in ("src", "dst"):
+            value = getattr(self, end)
+            if not isinstance(value, str) or not value:
+                msg = f"connection {self.src!r}->{self.dst!r}: {end} {value!r} must be a non-empty region name"
+                raise ConnectionValidationError(msg)
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            msg = f"{self.label}: weight {w!r} must be a finite number > 0 (use fn='none' to disable an edge)"
+            raise ConnectionValidationError(msg)
+        object.__setattr__(self, "weight", float(w))
+        for end in ("t_src", "t_dst"):
+            value = getattr(self, end)
+            if value is not None and not _is_int(value):
+                msg = f"{self.label}: {end} {value!r} must be an integer frame offset or None"
+                raise ConnectionValidationError(msg)
+        try:
+            object.__setattr__(self, "temporal_fill", TemporalFill(self.temporal_fill))
+        except ValueError:
+            choices = ", ".join(f.value for f in TemporalFill)
+            msg = f"{self.label}: temporal_fill {self.temporal_fill!r} must be one of {choices}"
+            raise ConnectionValidationError(msg) from None
+        order = self.interpolation_order
+        if isinstance(order, bool) or not isinstance(order, (int, float)) or not math.isfinite(order) or order < 0:
+            msg = f"{self.label}: interpolation_order {order!r} must be a finite number >= 0"
+            raise ConnectionValidationError(msg)
+        if self.fn is not None:
+            check_attention_type(self.fn, self.label)
+
+    @property
+    def label(self) -> str:
+        """``"connection 'src'->'dst'"``, for messages."""
+        return f"connection {self.src!r}->{self.dst!r}"
+
+    @property
+    def is_temporal(self) -> bool:
+        """Whether the connection constrains frames."""
+        return self.t_src is not None or self.t_dst is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "weight": self.weight,
+            "t_src": self.t_src,
+            "t_dst": self.t_dst,
+            "fn": self.fn,
+            "temporal_fill": self.temporal_fill.value,
+            "interpolation_order": self.interpolation_order,
+        }
+
+
+class AttentionOp(NamedTuple):
+    """One resolved operation: ``(src, dst, weight, fn)``."""
+
+    src: str
+    dst: str
+    weight: float
+    fn: str
+
+
+@dataclass(frozen=True)
+class CanvasTopology:
+    """The attention compute graph: a list of :class:`Connection`.
+
+    Args:
+        connections: the operations, in order.
+
+    """
+
+    connections: tuple[Connection, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        conns = tuple(self.connections)
+        for i, c in enumerate(conns):
+            if not isinstance(c, Connection):
+                msg = f"topology connection #{i} must be a Connection, got {type(c).__name__}"
+                raise ConnectionValidationError(msg)
+        object.__setattr__(self, "connections", conns)
+
+    # -- constructors ---------------------------------------------------------------
+
+    @classmethod
+    def dense(cls, regions: Sequence[str]) -> CanvasTopology:
+        """Every region attends every region (a standard transformer)."""
+        return cls([Connection(s, d) for s in regions for d in regions])
+
+    @classmethod
+    def isolated(cls, regions: Sequence[str]) -> CanvasTopology:
+        """Block-diagonal: each region attends only itself."""
+        return cls([Connection(r, r) for r in regions])
+
+    @classmethod
+    def hub_spoke(cls, hub: str, spokes: Sequence[str], bidirectional: bool = True) -> CanvasTopology:
+        """Star: self-attention everywhere; the hub reads every spoke, each spoke the hub if ``bidirectional``."""
+        conns = [Connection(r, r) for r in [hub, *spokes]]
+        for spoke in spokes:
+            conns.append(Connection(hub, spoke))
+            if bidirectional:
+                conns.append(Connection(spoke, hub))
+        return cls(conns)
+
+    @classmethod
+    def causal_chain(cls, regions: Sequence[str]) -> CanvasTopology:
+        """Chain ``A -> B -> C``: self-attention, and each region reads the one before it."""
+        conns = [Connection(r, r) for r in regions]
+        conns += [Connection(regions[i], regions[i - 1]) for i in range(1, len(regions))]
+        return cls(conns)
+
+    @classmethod
+    def causal_temporal(
+        cls, regions: Sequence[str], temporal_fill: TemporalFill = TemporalFill.HOLD
+    ) -> CanvasTopology:
+        """Same-frame self-attention plus previous-frame attention to every region (itself included).
+
+        No query sees a later frame than its own, so ``temporal_fill`` may be ``HOLD`` or
+        ``DROP``; ``INTERPOLATE`` would read the dst frame after the target and is refused.
+
+        Raises:
+            ConnectionValidationError: ``temporal_fill`` is ``INTERPOLATE`` (or not a fill mode).
+
+        """
+        try:
+            temporal_fill = TemporalFill(temporal_fill)
+        except ValueError:
+            msg = f"causal_temporal: temporal_fill {temporal_fill!r} must be 'hold' or 'drop'"
+            raise ConnectionValidationError(msg) from None
+        if temporal_fill is TemporalFill.INTERPOLATE:
+            msg = (
+                "causal_temporal: temporal_fill 'interpolate' would let a query read a slower region's "
+                "next frame, which lies in its future; use 'hold' (default) or 'drop'"
+            )
+            raise ConnectionValidationError(msg)
+        conns = [Connection(r, r, t_src=0, t_dst=0, temporal_fill=temporal_fill) for r in regions]
+        conns += [
+            Connection(s, d, t_src=0, t_dst=-1, temporal_fill=temporal_fill) for s in regions for d in regions
+        ]
+        return cls(conns)
+
+    # -- queries --------------------------------------------------------------------
+
+    @property
+    def regions(self) -> set[str]:
+        """Every region named by a connection."""
+        return {c.src for c in self.connections} | {c.dst for c in self.connections}
+
+    def resolve_fn(self, connection: Connection, layout: CanvasLayout | None = None) -> str:
+        """Attention type of a connection: ``fn`` -> src region's ``default_attn`` -> ``"cross_attention"``."""
+        if connection.fn is not None:
+            return connection.fn
+        if layout is not None and connection.src in layout.regions:
+            default = layout.regions[connection.src].default_attn
+            if default is not None:
+                return default
+        return DEFAULT_ATTENTION
+
+    def attention_ops(self, layout: CanvasLayout | None = None) -> list[AttentionOp]:
+        """``[(src, dst, weight, fn), ...]`` with ``fn`` resolved (see :meth:`resolve_fn`)."""
+        return [AttentionOp(c.src, c.dst, c.weight, self.resolve_fn(c, layout)) for c in self.connections]
+
+    def validate(self, layout: CanvasLayout) -> None:
+        """Check that every connection names regions of ``layout``.
+
+        Raises:
+            ConnectionValidationError: naming the connection, its index and the unknown region.
+
+        """
+        for i, c in enumerate(self.connections):
+            for end in (c.src, c.dst):
+                if end not in layout.regions:
+                    msg = (
+                        f"{c.label} (#{i}) names unknown region {end!r}; "
+                        f"layout regions: {', '.join(layout.regions) or '(none)'}"
+                    )
+                    raise ConnectionValidationError(msg)
+
+    def to_attention_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
+        """(N, N) float mask: the connection weight where query i may attend key j, else 0.
+
+        The 0.1.0 spelling of :func:`canvas_engineering.compilation.compiler.compile_attention_mask`
+        (compiles through the registered compiler, see :func:`set_plan_compiler`).
+        """
+        return _compiled(layout, self).dense_weights(device)
+
+    def to_additive_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
+        """(N, N) additive mask: 0 where allowed, -inf where blocked; a query with no key attends itself.
+
+        The 0.1.0 spelling of :func:`canvas_engineering.compilation.compiler.compile_additive_mask`.
+        """
+        return _compiled(layout, self).additive_mask(device)
+
+    def summary(self) -> str:
+        """One line per connection."""
+        lines = [f"CanvasTopology: {len(self.connections)} connections"]
+        for c in self.connections:
+            when = "" if not c.is_temporal else f" t_src={c.t_src} t_dst={c.t_dst} fill={c.temporal_fill.value}"
+            lines.append(f"  {c.src} -> {c.dst}  w={c.weight:g} fn={c.fn or '(default)'}{when}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"connections": [c.to_dict() for c in self.connections]}

@@ -1,0 +1,2 @@
+"""Integrations with pretrained models (CogVideoX)."""
+

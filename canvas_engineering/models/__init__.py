@@ -1,0 +1,2 @@
+"""Model layer: canvas encodings, looped blocks, backbones, codecs, action heads, loop checkpoints."""
+

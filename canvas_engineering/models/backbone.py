@@ -1,0 +1,93 @@
+"""``CanvasBackbone``: what every backbone over canvas tokens offers the training layer.
+
+A backbone maps canvas tokens and a diffusion timestep to canvas tokens. Whatever it is made
+of (a from-scratch :class:`~canvas_engineering.models.dit.CanvasDiT` or a grafted pretrained model),
+its looped blocks are :class:`~canvas_engineering.models.looped.LoopedBlockWrapper` modules, and the
+curriculum and sharpening callbacks drive them through this one interface:
+:attr:`looped_blocks`, :attr:`max_loops`, :meth:`set_loops` and :meth:`set_betas`.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.models.looped import LoopedBlockWrapper
+
+__all__ = ["CanvasBackbone"]
+
+
+class CanvasBackbone(nn.Module, ABC):
+    """Base class of backbones: ``forward(tokens, timestep) -> tokens`` plus loop control.
+
+    Subclasses build their blocks (wrapping the looped ones in
+    :class:`~canvas_engineering.models.looped.LoopedBlockWrapper`) and implement :meth:`forward`.
+    Looped blocks are found wherever they sit in the module tree, in module order, so a
+    subclass needs no bookkeeping of its own.
+    """
+
+    @property
+    def looped_blocks(self) -> list[LoopedBlockWrapper]:
+        """Every :class:`LoopedBlockWrapper` of the backbone, in module order."""
+        return [m for m in self.modules() if isinstance(m, LoopedBlockWrapper)]
+
+    @property
+    def max_loops(self) -> int:
+        """The largest ``max_loops`` of the looped blocks (1 when nothing is looped)."""
+        return max((b.max_loops for b in self.looped_blocks), default=1)
+
+    @property
+    def current_loops(self) -> int:
+        """Active loops (the largest of the looped blocks; 1 when nothing is looped)."""
+        return max((b.current_loops for b in self.looped_blocks), default=1)
+
+    def set_loops(self, n: int) -> None:
+        """Run every looped block ``n`` times per forward (blocks with fewer loops run all theirs).
+
+        Raises:
+            CanvasValidationError: ``n`` is not an integer in ``[1, max_loops]``.
+
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
+            msg = f"{type(self).__name__}.set_loops: n={n!r} must be an integer in [1, max_loops={self.max_loops}]"
+            raise CanvasValidationError(msg)
+        for block in self.looped_blocks:
+            block.set_loops(min(n, block.max_loops))
+
+    def set_betas(self, betas: Sequence[float]) -> None:
+        """Set the per-loop sharpening factors of every looped block.
+
+        Args:
+            betas: ``max_loops`` positive numbers; ``betas[i]`` multiplies the attention logits
+                of loop ``i`` (a block with fewer loops takes the first ones).
+
+        Raises:
+            CanvasValidationError: wrong length, or a beta that is not a positive number.
+
+        """
+        try:
+            values = [float(b) for b in betas]
+        except (TypeError, ValueError):
+            values = None
+        if values is None or len(values) != self.max_loops or not all(b > 0 for b in values):
+            msg = (
+                f"{type(self).__name__}.set_betas: betas={betas!r} must be {self.max_loops} positive "
+                f"number(s), one per loop (max_loops={self.max_loops})"
+            )
+            raise CanvasValidationError(msg)
+        for block in self.looped_blocks:
+            block.set_betas(values[: block.max_loops])
+
+    def loop_parameters(self) -> list[nn.Parameter]:
+        """Return the loop-specific parameters (loop embeddings) of every looped block."""
+        return [p for block in self.looped_blocks for p in block.loop_parameters()]
+
+    @abstractmethod
+    def forward(self, tokens: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Map canvas tokens ``(B, N, d_model)`` at diffusion ``timestep`` ``(B,)`` to ``(B, N, d_model)``."""

@@ -166,6 +166,23 @@ def test_graft_errors_name_the_culprit() -> None:
         freeze_half(nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("action_dim", [0, True, 2.0])
+def test_graft_refuses_a_bad_action_dim(action_dim: object) -> None:
+    with pytest.raises(CanvasValidationError, match=rf"action_dim={action_dim!r} must be an integer >= 1"):
+        graft_looped_blocks(tiny_model(), action_dim=action_dim)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("inf"), float("nan"), True, "x"])
+def test_processor_refuses_a_bad_beta(beta: object) -> None:
+    # checked before attention runs: a bool, a string or a non-finite factor is a project error
+    layout = CanvasLayout(T=1, H=1, W=2, d_model=16, regions={"video": (0, 1, 0, 1, 0, 2)})
+    proc = CanvasCogVideoXAttnProcessor(compile_topology(layout, CanvasTopology.dense(["video"])))
+    bad_beta = r"CanvasCogVideoXAttnProcessor: beta=.* must be a finite number > 0"
+    with pytest.raises(CanvasValidationError, match=bad_beta):
+        proc(None, torch.zeros(1, 2, 16), torch.zeros(1, 1, 16), beta=beta)  # type: ignore[arg-type]
+    assert proc.calls == 0
+
+
 # -- freeze strategies -------------------------------------------------------------------
 
 

@@ -179,6 +179,15 @@ def test_backbone_loop_control_validates(canvas: tuple[CanvasLayout, CanvasTopol
     assert [b.betas for b in model.looped_blocks] == [[1.0, 1.0, 1.0]] * 2
 
 
+def test_backbone_refuses_non_finite_betas(canvas: tuple[CanvasLayout, CanvasTopology]) -> None:
+    # an infinite beta turns the attention logits into inf and the output into NaN
+    model = _dit(canvas, max_loops=2)
+    for betas in ([1.0, float("inf")], [float("nan"), 1.0]):
+        with pytest.raises(CanvasValidationError, match=r"CanvasDiT\.set_betas: .* must be 2 positive number"):
+            model.set_betas(betas)
+    assert [b.betas for b in model.looped_blocks] == [[1.0, 1.0]] * 2
+
+
 def test_loop_blocks_range_wraps_only_those_blocks(canvas: tuple[CanvasLayout, CanvasTopology]) -> None:
     model = _dit(canvas, depth=4, max_loops=2, loop_blocks=(1, 3))
     kinds = [type(b) for b in model.blocks]
@@ -219,6 +228,21 @@ def test_constructor_names_the_bad_argument(
 ) -> None:
     with pytest.raises(CanvasValidationError, match=match):
         _dit(canvas, **config)
+
+
+@pytest.mark.parametrize("mlp_ratio", [float("inf"), float("nan"), True, -1.0])
+def test_mlp_ratio_must_be_a_finite_positive_number(
+    canvas: tuple[CanvasLayout, CanvasTopology], mlp_ratio: object
+) -> None:
+    # inf and NaN used to pass the check and fail later inside round() with a bare error
+    with pytest.raises(CanvasValidationError, match=r"CanvasBlock: mlp_ratio=.* must be a positive number"):
+        _dit(canvas, mlp_ratio=mlp_ratio)
+
+
+@pytest.mark.parametrize("name", ["depth", "n_heads", "max_loops"])
+def test_sizes_refuse_bools(canvas: tuple[CanvasLayout, CanvasTopology], name: str) -> None:
+    with pytest.raises(CanvasValidationError, match=rf"CanvasDiT: {name}=True must be an integer >= 1"):
+        _dit(canvas, **{name: True})
 
 
 def test_registered_plugin_builds_a_canvas_dit(canvas: tuple[CanvasLayout, CanvasTopology]) -> None:

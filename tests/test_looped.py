@@ -223,6 +223,15 @@ def test_set_betas_rejects_bad_values(betas: list[float]) -> None:
     assert wrapper.betas == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("betas", [["x", 1.0, 1.0], [None, 1.0, 1.0], [1.0, float("inf"), 1.0], [float("nan")] * 3])
+def test_set_betas_refuses_non_numbers_and_non_finite_values(betas: list[object]) -> None:
+    # a non-number used to escape float() as a bare TypeError/ValueError; inf used to be accepted
+    wrapper = LoopedBlockWrapper(nn.Linear(D, D), max_loops=3)
+    with pytest.raises(CanvasValidationError, match=r"need 3 positive betas"):
+        wrapper.set_betas(betas)  # type: ignore[arg-type]
+    assert wrapper.betas == [1.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize("max_loops", [0, -1, 1.5, True])
 def test_max_loops_must_be_a_positive_integer(max_loops: object) -> None:
     with pytest.raises(CanvasValidationError, match=r"max_loops=.* must be an integer >= 1"):

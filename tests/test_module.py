@@ -173,6 +173,23 @@ def test_bad_arguments_are_named(kwargs, pattern) -> None:
         make(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"max_loops": True}, r"CanvasModule\.max_loops=True must be an integer >= 1"),
+        ({"lr": math.inf}, r"CanvasModule\.lr=inf must be a finite number > 0"),
+        ({"lr": True}, r"CanvasModule\.lr=True must be a finite number > 0"),
+        ({"warmup_steps": False}, r"CanvasModule\.warmup_steps=False must be an integer >= 0"),
+        ({"sample_metrics": 1}, r"CanvasModule\.sample_metrics=1 must be a bool"),
+        ({"num_inference_steps": 10_000}, r"num_inference_steps=10000 must be an integer in \[1, num_train_timesteps="),
+    ],
+)
+def test_hyperparameters_refuse_bools_and_non_finite_numbers(kwargs, pattern) -> None:
+    # bools used to pass as integers (max_loops=True ran one loop) and lr=inf used to be accepted
+    with pytest.raises(CanvasValidationError, match=pattern):
+        make(**kwargs)
+
+
 def test_region_formats_are_checked_against_the_layout() -> None:
     with pytest.raises(CanvasValidationError, match="unknown region 'camera'"):
         CanvasModule(tiny_schema(), {"camera": {"kind": "vector", "dim": 2}})

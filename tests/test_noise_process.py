@@ -64,6 +64,16 @@ def test_bad_recipe_options_are_named(kwargs: dict, match: str) -> None:
         CanvasModule(tiny_schema(), FORMATS, backbone_config={"depth": 1, "n_heads": 2}, **kwargs)
 
 
+def test_logit_normal_errors_name_only_the_bad_option() -> None:
+    def build(**kwargs: object) -> None:
+        CanvasModule(tiny_schema(), FORMATS, backbone_config={"depth": 1, "n_heads": 2}, **kwargs)
+
+    with pytest.raises(CanvasValidationError, match=r"^CanvasModule\.logit_std=0\.0 must be a finite number > 0$"):
+        build(logit_std=0.0)
+    with pytest.raises(CanvasValidationError, match=r"^CanvasModule\.logit_mean=nan must be a finite number$"):
+        build(logit_mean=float("nan"))
+
+
 def test_warmup_cosine_factor() -> None:
     f = WarmupCosine(10, 110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)

@@ -470,6 +470,15 @@ def test_place_wrong_width_or_batch(robot_canvas: SpatiotemporalCanvas) -> None:
         robot_canvas.place(batch, torch.zeros(2, 5, 6, 5, 16), "visual")
 
 
+@pytest.mark.parametrize("batch_size", [True, False, 2.0, -1])
+def test_create_empty_refuses_a_bool_or_non_integer_batch_size(
+    robot_canvas: SpatiotemporalCanvas, batch_size: object
+) -> None:
+    # True is an int to Python; a canvas of batch "True" would silently be a batch of one
+    with pytest.raises(CanvasValidationError, match=rf"batch_size={batch_size!r} must be a positive integer"):
+        robot_canvas.create_empty(batch_size)  # type: ignore[arg-type]
+
+
 def test_place_unknown_region_and_bad_canvas(robot_canvas: SpatiotemporalCanvas) -> None:
     batch = robot_canvas.create_empty(1)
     with pytest.raises(UnknownRegionError, match=r"unknown region 'reward'; layout regions: visual, action"):
@@ -695,6 +704,15 @@ def test_block_view_rejects_bad_block_size() -> None:
     for bad in (0, -4, 2.0):
         with pytest.raises(ValueError, match=rf"block_size={re.escape(repr(bad))} must be a positive integer"):
             plan.block_view(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("connections", [["x", 0], [None], [True], [0, 1.0], []])
+def test_group_mask_refuses_non_index_connections(connections: list[object]) -> None:
+    # mixed types used to reach sorted() and escape as a bare TypeError
+    plan = compile_topology(layout_with(a=(0, 1, 0, 1, 0, 1)), CanvasTopology.dense(["a"]))
+    with pytest.raises(CanvasValidationError, match=r"group_mask: connections .* must be indices in \[0, 1\)"):
+        plan.group_mask(connections)  # type: ignore[arg-type]
+    assert plan.group_mask(iter([0, 0])).num_queries == 1  # a one-shot iterable is read once
 
 
 def test_transfer_distance_errors() -> None:

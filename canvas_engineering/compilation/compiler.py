@@ -25,6 +25,7 @@ from canvas_engineering.compilation.attention_mask import AttentionMask, ViewCac
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.topology import CanvasTopology, Connection, TemporalFill, set_plan_compiler
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_int, is_int
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -164,9 +165,7 @@ class AttentionPlan:
 
     def block_view(self, block_size: int = 128) -> BlockView:
         """Non-empty and full tiles at ``block_size``, from per-block class histograms (cached)."""
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-            msg = f"AttentionPlan.block_view: block_size={block_size!r} must be a positive integer"
-            raise CanvasValidationError(msg)
+        check_int(block_size, "AttentionPlan.block_view: block_size", minimum=1, rule="a positive integer")
         return self.cache.get(("block_view", block_size), lambda: self._build_block_view(block_size))
 
     def _build_block_view(self, block_size: int) -> BlockView:
@@ -237,14 +236,13 @@ class AttentionPlan:
         """
         check_kernel(kernel, "AttentionPlan.group_mask")
         count = len(self.topology.connections)
-        indices = tuple(sorted(set(connections)))
-        bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count]
-        if bad or not indices:
-            msg = (
-                f"AttentionPlan.group_mask: connections {list(connections)!r} must be indices in [0, {count}) "
-                "(at least one)"
-            )
+        given = list(connections)
+        # checked before sorting: a non-integer index would make sorted() raise a bare TypeError
+        bad = [i for i in given if not is_int(i) or not 0 <= i < count]
+        if bad or not given:
+            msg = f"AttentionPlan.group_mask: connections {given!r} must be indices in [0, {count}) (at least one)"
             raise CanvasValidationError(msg)
+        indices = tuple(sorted(set(given)))
 
         def build_base() -> AttentionMask:
             conns = [self.topology.connections[i] for i in indices]

@@ -18,6 +18,7 @@ from torch import nn
 
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_int
 
 __all__ = ["SpatiotemporalCanvas", "sinusoidal_encoding"]
 
@@ -78,9 +79,8 @@ class SpatiotemporalCanvas(nn.Module):
         self, batch_size: int, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Return a zero canvas of shape ``(batch_size, N, d_model)``."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size={batch_size!r} must be a positive integer"
-            raise CanvasValidationError(msg)
+        # bools are refused: True would silently build a batch of one
+        check_int(batch_size, "batch_size", minimum=1, rule="a positive integer")
         device = device if device is not None else self.position_encoding.device
         return torch.zeros(batch_size, self.layout.num_positions, self.layout.d_model, device=device, dtype=dtype)
 

@@ -24,7 +24,6 @@ period is ``p`` puts its ``k``-th frame at real time ``t0 + k * p``. For a conne
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from canvas_engineering.declare.attention_vocabulary import DEFAULT_ATTENTION, check_attention_type
 from canvas_engineering.errors import CanvasValidationError, ConnectionValidationError
+from canvas_engineering.validation import check_finite_float, is_int
 
 if TYPE_CHECKING:
     import torch
@@ -79,10 +79,6 @@ class TemporalFill(str, Enum):
     INTERPOLATE = "interpolate"
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Connection:
     """One attention operation: ``src`` positions query ``dst`` keys/values.
@@ -120,14 +116,19 @@ class Connection:
             if not isinstance(value, str) or not value:
                 msg = f"connection {self.src!r}->{self.dst!r}: {end} {value!r} must be a non-empty region name"
                 raise ConnectionValidationError(msg)
-        w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
-            msg = f"{self.label}: weight {w!r} must be a finite number > 0 (use fn='none' to disable an edge)"
-            raise ConnectionValidationError(msg)
-        object.__setattr__(self, "weight", float(w))
+        weight = check_finite_float(
+            self.weight,
+            f"{self.label}: weight",
+            error=ConnectionValidationError,
+            minimum=0,
+            open_min=True,
+            rule="a finite number > 0 (use fn='none' to disable an edge)",
+            sep=" ",
+        )
+        object.__setattr__(self, "weight", weight)
         for end in ("t_src", "t_dst"):
             value = getattr(self, end)
-            if value is not None and not _is_int(value):
+            if value is not None and not is_int(value):
                 msg = f"{self.label}: {end} {value!r} must be an integer frame offset or None"
                 raise ConnectionValidationError(msg)
         try:
@@ -136,10 +137,13 @@ class Connection:
             choices = ", ".join(f.value for f in TemporalFill)
             msg = f"{self.label}: temporal_fill {self.temporal_fill!r} must be one of {choices}"
             raise ConnectionValidationError(msg) from None
-        order = self.interpolation_order
-        if isinstance(order, bool) or not isinstance(order, (int, float)) or not math.isfinite(order) or order < 0:
-            msg = f"{self.label}: interpolation_order {order!r} must be a finite number >= 0"
-            raise ConnectionValidationError(msg)
+        check_finite_float(
+            self.interpolation_order,
+            f"{self.label}: interpolation_order",
+            error=ConnectionValidationError,
+            minimum=0,
+            sep=" ",
+        )
         if self.fn is not None:
             check_attention_type(self.fn, self.label)
 

@@ -74,6 +74,7 @@ from canvas_engineering.declare.topology import CanvasTopology
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.action_head import ActionHead
 from canvas_engineering.models.looped import LoopedBlockWrapper
+from canvas_engineering.validation import check_choice, check_finite_float, check_positive_int
 
 __all__ = [
     "FREEZE_STRATEGIES",
@@ -389,10 +390,7 @@ class CanvasCogVideoXAttnProcessor:
             canvas_plan: overrides the processor's plan for this call.
 
         """
-        beta = float(beta)
-        if not (math.isfinite(beta) and beta > 0):
-            msg = f"CanvasCogVideoXAttnProcessor: beta={beta!r} must be a finite number > 0"
-            raise CanvasValidationError(msg)
+        beta = check_finite_float(beta, "CanvasCogVideoXAttnProcessor: beta", minimum=0, open_min=True)
         self.last_beta = beta
         self.calls += 1
         plan = canvas_plan if canvas_plan is not None else self.plan
@@ -611,12 +609,8 @@ def graft_looped_blocks(
         351751
 
     """
-    if freeze not in FREEZE_STRATEGIES:
-        msg = f"graft_looped_blocks: freeze={freeze!r} must be one of {', '.join(map(repr, FREEZE_STRATEGIES))}"
-        raise CanvasValidationError(msg)
-    if isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1:
-        msg = f"graft_looped_blocks: action_dim={action_dim!r} must be an integer >= 1"
-        raise CanvasValidationError(msg)
+    check_choice(freeze, "graft_looped_blocks: freeze", FREEZE_STRATEGIES)
+    check_positive_int(action_dim, "graft_looped_blocks: action_dim")
     plan = _resolve_plan(canvas, "graft_looped_blocks")
     _check_text_rule(text_rule, "graft_looped_blocks")
     if isinstance(getattr(model, "transformer_blocks", None), nn.ModuleList):

@@ -19,6 +19,7 @@ from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.looped import LoopedBlockWrapper
+from canvas_engineering.validation import check_int, is_finite_number
 
 __all__ = ["CanvasBackbone"]
 
@@ -54,9 +55,13 @@ class CanvasBackbone(nn.Module, ABC):
             CanvasValidationError: ``n`` is not an integer in ``[1, max_loops]``.
 
         """
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
-            msg = f"{type(self).__name__}.set_loops: n={n!r} must be an integer in [1, max_loops={self.max_loops}]"
-            raise CanvasValidationError(msg)
+        check_int(
+            n,
+            f"{type(self).__name__}.set_loops: n",
+            minimum=1,
+            maximum=self.max_loops,
+            rule=f"an integer in [1, max_loops={self.max_loops}]",
+        )
         for block in self.looped_blocks:
             block.set_loops(min(n, block.max_loops))
 
@@ -64,18 +69,18 @@ class CanvasBackbone(nn.Module, ABC):
         """Set the per-loop sharpening factors of every looped block.
 
         Args:
-            betas: ``max_loops`` positive numbers; ``betas[i]`` multiplies the attention logits
+            betas: ``max_loops`` finite positive numbers; ``betas[i]`` multiplies the attention logits
                 of loop ``i`` (a block with fewer loops takes the first ones).
 
         Raises:
-            CanvasValidationError: wrong length, or a beta that is not a positive number.
+            CanvasValidationError: wrong length, or a beta that is not a finite number > 0.
 
         """
         try:
             values = [float(b) for b in betas]
         except (TypeError, ValueError):
             values = None
-        if values is None or len(values) != self.max_loops or not all(b > 0 for b in values):
+        if values is None or len(values) != self.max_loops or not all(is_finite_number(b) and b > 0 for b in values):
             msg = (
                 f"{type(self).__name__}.set_betas: betas={betas!r} must be {self.max_loops} positive "
                 f"number(s), one per loop (max_loops={self.max_loops})"

@@ -28,17 +28,11 @@ from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.backbone import CanvasBackbone
 from canvas_engineering.models.looped import LoopedBlockWrapper
 from canvas_engineering.plugin_host.host import PluginRegistry
+from canvas_engineering.validation import check_finite_float, check_positive_int, is_int
 
 __all__ = ["CanvasBlock", "CanvasDiT", "TimestepEmbedding"]
 
 LoopBlocks = Literal["all", "none"] | tuple[int, int]
-
-
-def _positive_int(owner: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        msg = f"{owner}: {name}={value!r} must be an integer >= 1"
-        raise CanvasValidationError(msg)
-    return value
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -62,7 +56,7 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, d_model: int, frequency_dim: int = 256) -> None:
         super().__init__()
-        self.frequency_dim = _positive_int("TimestepEmbedding", "frequency_dim", frequency_dim)
+        self.frequency_dim = check_positive_int(frequency_dim, "TimestepEmbedding: frequency_dim")
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
@@ -112,10 +106,11 @@ class CanvasBlock(nn.Module):
         super().__init__()
         plan = resolve_plan(layout, topology, "CanvasBlock")
         d = d_model if d_model is not None else plan.layout.d_model
-        _positive_int("CanvasBlock", "d_model", d)
-        if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
-            msg = f"CanvasBlock: mlp_ratio={mlp_ratio!r} must be a positive number"
-            raise CanvasValidationError(msg)
+        check_positive_int(d, "CanvasBlock: d_model")
+        # finite too: an infinite ratio would only fail later, inside round(), with a bare OverflowError
+        check_finite_float(
+            mlp_ratio, "CanvasBlock: mlp_ratio", minimum=0, open_min=True, rule="a positive number (finite)"
+        )
         self.d_model = d
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.attn = CanvasAttention(plan, None, d, n_heads, kernel, type_config, write_modes, registry=registry)
@@ -146,7 +141,7 @@ def _looped_range(loop_blocks: object, depth: int) -> range:
     if (
         isinstance(loop_blocks, (tuple, list))
         and len(loop_blocks) == 2
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in loop_blocks)
+        and all(is_int(i) for i in loop_blocks)
         and 0 <= loop_blocks[0] < loop_blocks[1] <= depth
     ):
         return range(loop_blocks[0], loop_blocks[1])
@@ -235,9 +230,8 @@ class CanvasDiT(CanvasBackbone):
         if not isinstance(topology, CanvasTopology):
             msg = f"CanvasDiT: topology must be a CanvasTopology, got {type(topology).__name__}"
             raise CanvasValidationError(msg)
-        _positive_int("CanvasDiT", "depth", depth)
-        _positive_int("CanvasDiT", "n_heads", n_heads)
-        _positive_int("CanvasDiT", "max_loops", max_loops)
+        for name, value in (("depth", depth), ("n_heads", n_heads), ("max_loops", max_loops)):
+            check_positive_int(value, f"CanvasDiT: {name}")
         if kernel not in KERNELS:
             msg = f"CanvasDiT: kernel={kernel!r} must be one of {', '.join(KERNELS)}"
             raise CanvasValidationError(msg)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_int, check_positive_int, is_finite_number
 
 __all__ = ["LoopedBlockWrapper", "infer_width"]
 
@@ -64,9 +65,7 @@ class LoopedBlockWrapper(nn.Module):
         stream_width: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
-            msg = f"LoopedBlockWrapper: max_loops={max_loops!r} must be an integer >= 1"
-            raise CanvasValidationError(msg)
+        check_positive_int(max_loops, "LoopedBlockWrapper: max_loops")
         self.block = block
         self.max_loops = max_loops
         width = d_model if d_model is not None else infer_width(block)
@@ -81,18 +80,30 @@ class LoopedBlockWrapper(nn.Module):
 
     def set_loops(self, n: int) -> None:
         """Set the number of active loops (1 <= n <= max_loops)."""
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
-            msg = f"LoopedBlockWrapper.set_loops: n={n!r} must be an integer in [1, max_loops={self.max_loops}]"
-            raise CanvasValidationError(msg)
-        self.current_loops = n
+        self.current_loops = check_int(
+            n,
+            "LoopedBlockWrapper.set_loops: n",
+            minimum=1,
+            maximum=self.max_loops,
+            rule=f"an integer in [1, max_loops={self.max_loops}]",
+        )
 
     def set_betas(self, betas: Sequence[float]) -> None:
-        """Set the per-loop sharpening factors (``max_loops`` positive numbers)."""
-        betas = [float(b) for b in betas]
-        if len(betas) != self.max_loops or not all(b > 0 for b in betas):
+        """Set the per-loop sharpening factors (``max_loops`` finite positive numbers).
+
+        Raises:
+            CanvasValidationError: wrong length, or a beta that is not a finite number > 0.
+
+        """
+        try:
+            values = [float(b) for b in betas]
+        except (TypeError, ValueError):
+            values = None
+        # finite too: an infinite beta turns every attention logit into inf and the output into NaN
+        if values is None or len(values) != self.max_loops or not all(is_finite_number(b) and b > 0 for b in values):
             msg = f"LoopedBlockWrapper.set_betas: need {self.max_loops} positive betas, got {betas!r}"
             raise CanvasValidationError(msg)
-        self.betas = betas
+        self.betas = values
 
     def loop_parameters(self) -> list[nn.Parameter]:
         """Return the loop-specific parameters (embeddings), without the block's."""

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from canvas_engineering.errors import CanvasError, ProgramValidationError
+from canvas_engineering.validation import check_choice
 
-__all__ = ["from_mapping", "is_int", "is_number", "prefix_message", "require_choice"]
-
-
-def is_int(value: object) -> bool:
-    """Whether ``value`` is an ``int`` that is not a ``bool``."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is a finite ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+__all__ = ["from_mapping", "prefix_message", "require_choice"]
 
 
 def require_choice(owner: str, name: str, value: object, choices: Sequence[str]) -> None:
-    """Raise a ProgramValidationError naming ``owner``, ``name`` and the choices unless ``value`` is one."""
-    if value not in choices:
-        msg = f"{owner}: unknown {name} {value!r}; choose one of {', '.join(choices)}"
-        raise ProgramValidationError(msg)
+    """Raise a ProgramValidationError naming ``owner``, ``name`` and the choices unless ``value`` is one.
+
+    :func:`~canvas_engineering.validation.check_choice` decides membership (so a tensor or an
+    unhashable value is refused cleanly); the message keeps the wording the program modules have
+    always used (``unknown kind 'x'; choose one of a, b``), which users match on.
+    """
+
+    def unknown(_: str) -> ProgramValidationError:
+        return ProgramValidationError(f"{owner}: unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+    check_choice(value, f"{owner}: {name}", choices, error=unknown)
 
 
 def from_mapping(cls: type, value: Mapping[str, Any], label: str) -> Any:

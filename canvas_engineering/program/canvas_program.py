@@ -16,7 +16,7 @@ from canvas_engineering.errors import (
     ProgramValidationError,
     UnknownAttentionTypeError,
 )
-from canvas_engineering.program._checks import is_int, prefix_message
+from canvas_engineering.program._checks import prefix_message
 from canvas_engineering.program.connection_program import ConnectionProgram
 from canvas_engineering.program.region_program import RegionProgram
 from canvas_engineering.program.serialisation import (
@@ -27,6 +27,7 @@ from canvas_engineering.program.serialisation import (
 )
 from canvas_engineering.program.vocabulary import FAMILIES
 from canvas_engineering.program.wiring import family_wiring, find_cycle
+from canvas_engineering.validation import check_bool, is_int
 
 if TYPE_CHECKING:
     import torch
@@ -75,9 +76,7 @@ class CanvasProgram:
             raise ProgramValidationError(msg)
         self._set_regions(self.schema.layout)
         self._set_connections()
-        if not isinstance(self.acyclic, bool):
-            msg = f"CanvasProgram.acyclic {self.acyclic!r} must be a bool"
-            raise ProgramValidationError(msg)
+        check_bool(self.acyclic, "CanvasProgram.acyclic", error=ProgramValidationError, sep=" ")
         if not isinstance(self.metadata, Mapping):
             msg = f"CanvasProgram.metadata must be a mapping, got {type(self.metadata).__name__}"
             raise ProgramValidationError(msg)

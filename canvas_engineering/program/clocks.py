@@ -13,7 +13,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from canvas_engineering.errors import ProgramValidationError
-from canvas_engineering.program._checks import from_mapping, is_int, is_number, require_choice
+from canvas_engineering.program._checks import from_mapping, require_choice
+from canvas_engineering.validation import check_finite_float, check_int, check_non_negative_int, check_positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -65,19 +66,13 @@ class Clock:
 
     def __post_init__(self) -> None:
         require_choice("clock", "kind", self.kind, CLOCK_KINDS)
-        if not is_int(self.period) or self.period < 1:
-            msg = f"clock period {self.period!r} must be an integer >= 1"
-            raise ProgramValidationError(msg)
-        if not is_int(self.phase) or not 0 <= self.phase < self.period:
-            msg = f"clock phase {self.phase!r} must be an integer in [0, period={self.period})"
-            raise ProgramValidationError(msg)
-        if not is_number(self.threshold) or self.threshold < 0:
-            msg = f"clock threshold {self.threshold!r} must be a finite number >= 0"
-            raise ProgramValidationError(msg)
-        object.__setattr__(self, "threshold", float(self.threshold))
-        if not is_int(self.cooldown) or self.cooldown < 0:
-            msg = f"clock cooldown {self.cooldown!r} must be an integer >= 0"
-            raise ProgramValidationError(msg)
+        error, sep = ProgramValidationError, " "
+        check_positive_int(self.period, "clock period", error=error, sep=sep)
+        phase_rule = f"an integer in [0, period={self.period})"
+        check_int(self.phase, "clock phase", error=error, minimum=0, maximum=self.period - 1, rule=phase_rule, sep=sep)
+        threshold = check_finite_float(self.threshold, "clock threshold", error=error, minimum=0, sep=sep)
+        object.__setattr__(self, "threshold", threshold)
+        check_non_negative_int(self.cooldown, "clock cooldown", error=error, sep=sep)
         if self.source is not None and (not isinstance(self.source, str) or not self.source):
             msg = f"clock source {self.source!r} must be a region name or None"
             raise ProgramValidationError(msg)

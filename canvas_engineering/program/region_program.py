@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canvas_engineering.errors import ProgramValidationError
-from canvas_engineering.program._checks import from_mapping, is_number, require_choice
+from canvas_engineering.program._checks import from_mapping, require_choice
 from canvas_engineering.program.clocks import Clock
 from canvas_engineering.program.vocabulary import (
     CARRIERS,
@@ -17,6 +17,7 @@ from canvas_engineering.program.vocabulary import (
     CompileModeName,
     FamilyName,
 )
+from canvas_engineering.validation import check_finite_float, is_finite_number
 
 __all__ = ["RegionProgram"]
 
@@ -62,17 +63,22 @@ class RegionProgram:
         object.__setattr__(self, "clock", Clock.coerce(self.clock))
         require_choice("region program", "compile mode", self.compile_mode, COMPILE_MODES)
         if self.loss_weight is not None:
-            if not is_number(self.loss_weight) or self.loss_weight < 0:
-                msg = f"loss_weight {self.loss_weight!r} must be a finite number >= 0 or None"
-                raise ProgramValidationError(msg)
-            object.__setattr__(self, "loss_weight", float(self.loss_weight))
+            loss_weight = check_finite_float(
+                self.loss_weight,
+                "loss_weight",
+                error=ProgramValidationError,
+                minimum=0,
+                rule="a finite number >= 0 or None",
+                sep=" ",
+            )
+            object.__setattr__(self, "loss_weight", loss_weight)
         value = self.constant_value
         if isinstance(value, Sequence) and not isinstance(value, str):
-            if not value or not all(is_number(v) for v in value):
+            if not value or not all(is_finite_number(v) for v in value):
                 msg = f"constant_value {value!r} must be a number or a non-empty list of finite numbers"
                 raise ProgramValidationError(msg)
             object.__setattr__(self, "constant_value", tuple(float(v) for v in value))
-        elif is_number(value):
+        elif is_finite_number(value):
             object.__setattr__(self, "constant_value", float(value))
         else:
             msg = f"constant_value {value!r} must be a finite number or a list of them"

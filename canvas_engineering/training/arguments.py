@@ -10,6 +10,7 @@ from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.region_codecs import RegionFormat
 from canvas_engineering.program import CanvasProgram
 from canvas_engineering.training.region_behaviour import RegionBehaviour
+from canvas_engineering.validation import check_bool, check_choice, check_finite_float, check_int
 
 __all__ = [
     "as_schema",
@@ -101,31 +102,29 @@ def schema_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str = ""
 def check_hyperparameters(hparams: Mapping[str, Any]) -> None:
     """Check the numeric and choice hyper-parameters of ``CanvasModule`` (its saved ``hparams``).
 
+    Bools are refused where a number is expected (``max_loops=True`` is a mix-up, not one loop).
+
     Raises:
-        CanvasValidationError: ``CanvasModule.{name}={value!r} is out of range`` for the first bad one.
+        CanvasValidationError: ``CanvasModule.{name}={value!r} must be ...`` for the first bad one.
 
     """
 
-    def is_int(x: object) -> bool:
-        return isinstance(x, int)
+    def field(name: str) -> str:
+        return f"CanvasModule.{name}"
 
-    steps = hparams["num_train_timesteps"]
-    rules = {
-        "max_loops": lambda v: is_int(v) and v >= 1,
-        "num_train_timesteps": lambda v: is_int(v) and v >= 2,
-        "num_inference_steps": lambda v: is_int(v) and 1 <= v <= steps,
-        "lr": lambda v: isinstance(v, (int, float)) and v > 0,
-        "warmup_steps": lambda v: is_int(v) and v >= 0,
-        "lr_decay": lambda v: v in ("none", "cosine"),
-        "sample_metrics": lambda v: isinstance(v, bool),
-        "sample_metric_batches": lambda v: is_int(v) and v >= 0,
-        "sample_metric_steps": lambda v: v is None or (is_int(v) and 1 <= v <= steps),
-    }
-    for name, ok in rules.items():
-        value = hparams[name]
-        if not ok(value):
-            msg = f"CanvasModule.{name}={value!r} is out of range"
-            raise CanvasValidationError(msg)
+    check_int(hparams["max_loops"], field("max_loops"), minimum=1)
+    steps = check_int(hparams["num_train_timesteps"], field("num_train_timesteps"), minimum=2)
+    up_to_steps = f"an integer in [1, num_train_timesteps={steps}]"
+    check_int(hparams["num_inference_steps"], field("num_inference_steps"), minimum=1, maximum=steps, rule=up_to_steps)
+    check_finite_float(hparams["lr"], field("lr"), minimum=0, open_min=True)
+    check_int(hparams["warmup_steps"], field("warmup_steps"), minimum=0)
+    check_choice(hparams["lr_decay"], field("lr_decay"), ("none", "cosine"))
+    check_bool(hparams["sample_metrics"], field("sample_metrics"))
+    check_int(hparams["sample_metric_batches"], field("sample_metric_batches"), minimum=0)
+    if hparams["sample_metric_steps"] is not None:
+        check_int(
+            hparams["sample_metric_steps"], field("sample_metric_steps"), minimum=1, maximum=steps, rule=up_to_steps
+        )
 
 
 def record_canvas_hyperparameters(

@@ -21,7 +21,6 @@ than denoise).
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Literal
@@ -29,6 +28,7 @@ from typing import Literal
 import torch
 
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_choice, check_finite_float
 
 __all__ = [
     "DiffusersNoiseProcess",
@@ -178,19 +178,10 @@ def make_noise_process(
             ``logit_std``, or ``logit_std <= 0``.
 
     """
-    if timestep_sampling not in ("uniform", "logit_normal"):
-        msg = f"CanvasModule.timestep_sampling={timestep_sampling!r} must be 'uniform' or 'logit_normal'"
-        raise CanvasValidationError(msg)
-    def finite(x: object) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
+    check_choice(timestep_sampling, "CanvasModule.timestep_sampling", ("uniform", "logit_normal"))
     # a NaN or infinite draw would make every training timestep NaN
-    if not (finite(logit_mean) and finite(logit_std) and logit_std > 0):
-        msg = (
-            f"CanvasModule: logit_mean={logit_mean!r} must be a finite number and "
-            f"logit_std={logit_std!r} a finite number > 0"
-        )
-        raise CanvasValidationError(msg)
+    check_finite_float(logit_mean, "CanvasModule.logit_mean")
+    check_finite_float(logit_std, "CanvasModule.logit_std", minimum=0, open_min=True)
     sampling = {"timestep_sampling": timestep_sampling, "logit_mean": logit_mean, "logit_std": logit_std}
     if name in ("ddpm", "ddim"):
         return DiffusersNoiseProcess(name, num_train_timesteps, **sampling)  # type: ignore[arg-type]

@@ -329,7 +329,8 @@ def _table(
         lines.append(
             f"| {name} | {first[1](name, s)} | {s['trainable_params']:,} | {s['steps']} | "
             f"{_f(s['mean'])} [{_f(s['ci'][0])}, {_f(s['ci'][1])}] | {s['n']} | "
-            f"{'-' if is_ref else _rel(s['mean'], stat[ref]['mean'])} | {'-' if is_ref else _p(s['p'])} | "
+            f"{'-' if is_ref or ref not in stat else _rel(s['mean'], stat[ref]['mean'])} | "
+            f"{'-' if is_ref or s['p'] is None else _p(s['p'])} | "
             + " | ".join(_f(s["baselines"][b]) for b in BASELINES)
             + f" | {_f(s['reward_mse'], 4)} | {_f(s['action_mse'], 4)} |"
         )
@@ -338,6 +339,8 @@ def _table(
 
 def _verdicts(names: list[str], stat: dict[str, dict[str, Any]], ref: str) -> str:
     parts = []
+    if ref not in stat:  # the reference condition was not run
+        return ""
     for name in names:
         if name == ref:
             continue
@@ -393,7 +396,7 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             *_table(loops, stat, "loops-1", ("blocks x loops", lambda n, s: f"{s['depth']} x {s['loops']}")),
             "",
             f"Against loops-1: {_verdicts(loops, stat, 'loops-1') or 'n/a'}. "
-            f"Best: **{min(loops, key=lambda n: stat[n]['mean'])}**. {_learns('loops-1', stat['loops-1'])}.",
+            f"Best: **{min(loops, key=lambda n: stat[n]['mean'])}**. {_learns(loops[0], stat[loops[0]])}.",
         ]
     freeze = [n for n in ("pretrained", *(f"freeze-{lvl}" for lvl in cfg["freeze_levels"]), "pretrained-1loop")
               if n in stat]
@@ -442,10 +445,10 @@ def summarise(saved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 f"{last_k} vs long-1 at the first predicted frame ({frames[0]}): "
                 f"{_rel(pf[last_k][frames[0]], pf['long-1'][frames[0]])}; at the last ({frames[-1]}): "
                 f"{_rel(pf[last_k][frames[-1]], pf['long-1'][frames[-1]])}. "
-                if len(long) > 1 and frames
+                if len(long) > 1 and frames and "long-1" in pf
                 else ""
             )
-            + f"{_learns('long-1', stat['long-1'])}.",
+            + f"{_learns(long[0], stat[long[0]])}.",
         ]
     if saved.get("commands"):  # a merge of several runs (--merge)
         lines += ["", "Commands (each run's numbers in the JSON files they name, merged into "
@@ -496,7 +499,7 @@ def merge_runs(saves: list[dict[str, Any]], paths: Sequence[Path], out: Path) ->
         "minutes": sum(saved["minutes"] for saved in saves), "machine": "; ".join(machines),
         "seeds": min(saved["seeds"] for saved in saves),
         "commands": [
-            command_of({**saved, "out": saved.get("out", str(p))}) for saved, p in zip(saves, paths, strict=True)
+            command_of({**saved, "out": str(p)}) for saved, p in zip(saves, paths, strict=True)
         ],
     }
 
@@ -571,18 +574,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": cfg, "recipe": RECIPE, "seeds": seeds, "jobs": args.jobs, "studies": studies,
         "machine": machine_note(), "minutes": minutes, "out": str(args.out), "runs": runs,
     }
+    from canvas_engineering._atomic import atomic_write_text
+
+    def save() -> None:
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps(result, indent=1, default=float))
+            print(f"\nresults: {args.out}")
+        except OSError as err:
+            print(f"could not write {args.out}: {err}")
+
+    save()  # before rendering: the runs are the expensive part
     text, stat = summarise(result)
     result["summary"] = stat
+    save()
     print()
     print(text)
-    try:
-        from canvas_engineering._atomic import atomic_write_text
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(result, indent=1, default=float))
-        print(f"\nresults: {args.out}")
-    except OSError as err:
-        print(f"could not write {args.out}: {err}")
     if args.write_readme:
         write_readme_section("looping", text)
         print("README.md: looping section updated")

@@ -209,6 +209,9 @@ def test_looping_benchmark_quick(looping: ModuleType, tmp_path: Path) -> None:
     assert len(merged["commands"]) == 2 and "--studies freeze,long" in merged["commands"][1]
     text, _ = looping.summarise(merged)
     assert "**Freeze levels**" in text and "**Long horizon**" in text and "Commands" in text
+    # a run of one condition without its reference (e.g. --loops 3 alone) still renders
+    alone = {**saved, "studies": ["loops"], "runs": [r for r in saved["runs"] if r["condition"] == "loops-2"]}
+    assert "| loops-2 |" in looping.summarise(alone)[0]
 
 
 # -- the recipe ablation -------------------------------------------------------------------------

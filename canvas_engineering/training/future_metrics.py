@@ -27,6 +27,8 @@ import torch
 import torchmetrics
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from canvas_engineering.errors import CanvasValidationError
+
 __all__ = ["BASELINES_KEY", "FutureFrameMetric", "baselines_from_batch", "future_metrics_table", "repeat_last_baseline"]
 
 #: The batch key under which a datamodule hands baseline predictions to the model.
@@ -77,7 +79,7 @@ class FutureFrameMetric(torchmetrics.Metric):
                 f"FutureFrameMetric: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
                 f"must both be (B, {self.frames}, ...)"
             )
-            raise ValueError(msg)
+            raise CanvasValidationError(msg)
         pred, target = pred.detach().float(), target.detach().float()
         b = pred.shape[0]
         self.sse += ((pred - target) ** 2).flatten(2).mean(-1).sum(0).double()

@@ -34,6 +34,7 @@ __all__ = [
     "check_positive_int",
     "is_finite_number",
     "is_int",
+    "positive_finite_numbers",
 ]
 
 #: Builds the exception to raise from its message: a project error class, or a
@@ -248,3 +249,18 @@ def check_choice(
     if not ok:
         raise _fail(error, field, sep, value, f"one of {', '.join(map(repr, options))}")
     return value
+
+
+def positive_finite_numbers(values: object, count: int) -> list[float] | None:
+    """Return ``values`` as ``count`` floats, each finite and > 0, or ``None`` if they are not.
+
+    Sharpening factors (betas) multiply attention logits: an infinite one turns every logit
+    into inf and the output into NaN, so finiteness is part of the rule.
+    """
+    try:
+        out = [float(v) for v in values]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if len(out) != count or not all(is_finite_number(v) and v > 0 for v in out):
+        return None
+    return out

@@ -28,6 +28,7 @@ from canvas_engineering.validation import (
     check_non_negative_int,
     check_positive_int,
     is_finite_number,
+    positive_finite_numbers,
     is_int,
 )
 
@@ -221,3 +222,10 @@ def test_helpers_accept_an_error_factory() -> None:
         check_positive_int(0, "field 'arm.joints': h", error=error)
     assert info.value.path == "arm.joints"
     assert str(info.value) == "field 'arm.joints': h=0 must be an integer >= 1"
+
+
+def test_positive_finite_numbers_refuses_wrong_length_non_numbers_and_non_finite() -> None:
+    assert positive_finite_numbers([1, 2.5], 2) == [1.0, 2.5]
+    assert positive_finite_numbers((0.5,), 1) == [0.5]
+    for bad in ([1.0], [1.0, 0.0], [1.0, -2.0], [1.0, math.inf], [math.nan, 1.0], ["a", 1.0], None, 3):
+        assert positive_finite_numbers(bad, 2) is None

@@ -19,7 +19,7 @@ from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.looped import LoopedBlockWrapper
-from canvas_engineering.validation import check_int, is_finite_number
+from canvas_engineering.validation import check_int, positive_finite_numbers
 
 __all__ = ["CanvasBackbone"]
 
@@ -76,11 +76,8 @@ class CanvasBackbone(nn.Module, ABC):
             CanvasValidationError: wrong length, or a beta that is not a finite number > 0.
 
         """
-        try:
-            values = [float(b) for b in betas]
-        except (TypeError, ValueError):
-            values = None
-        if values is None or len(values) != self.max_loops or not all(is_finite_number(b) and b > 0 for b in values):
+        values = positive_finite_numbers(betas, self.max_loops)
+        if values is None:
             msg = (
                 f"{type(self).__name__}.set_betas: betas={betas!r} must be {self.max_loops} positive "
                 f"number(s), one per loop (max_loops={self.max_loops})"

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from canvas_engineering.errors import CanvasValidationError
-from canvas_engineering.validation import check_int, check_positive_int, is_finite_number
+from canvas_engineering.validation import check_int, check_positive_int, positive_finite_numbers
 
 __all__ = ["LoopedBlockWrapper", "infer_width"]
 
@@ -95,12 +95,8 @@ class LoopedBlockWrapper(nn.Module):
             CanvasValidationError: wrong length, or a beta that is not a finite number > 0.
 
         """
-        try:
-            values = [float(b) for b in betas]
-        except (TypeError, ValueError):
-            values = None
-        # finite too: an infinite beta turns every attention logit into inf and the output into NaN
-        if values is None or len(values) != self.max_loops or not all(is_finite_number(b) and b > 0 for b in values):
+        values = positive_finite_numbers(betas, self.max_loops)
+        if values is None:
             msg = f"LoopedBlockWrapper.set_betas: need {self.max_loops} positive betas, got {betas!r}"
             raise CanvasValidationError(msg)
         self.betas = values

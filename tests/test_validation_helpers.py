@@ -28,8 +28,8 @@ from canvas_engineering.validation import (
     check_non_negative_int,
     check_positive_int,
     is_finite_number,
-    positive_finite_numbers,
     is_int,
+    positive_finite_numbers,
 )
 
 not_ints = st.one_of(

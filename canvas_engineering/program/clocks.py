@@ -7,6 +7,7 @@ kind's firing rule is a small object (:class:`PeriodicFiring`, :class:`BoundaryF
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -145,7 +146,7 @@ class Clock:
 # -- firing rules, one per kind ----------------------------------------------------------------
 
 
-class FiringRule:
+class FiringRule(ABC):
     """How one kind of clock decides which frames fire (stateless; the clock holds the parameters)."""
 
     #: whether the rule reads a region's batch tensor
@@ -159,6 +160,7 @@ class FiringRule:
         """Say in a few words when ``clock`` fires."""
         return clock.kind
 
+    @abstractmethod
     def fires(
         self,
         clock: Clock,
@@ -168,7 +170,6 @@ class FiringRule:
         watched_times: torch.Tensor | None,
     ) -> torch.Tensor:
         """(B, t) bool: the frames where ``clock`` fires (see :meth:`Clock.update_mask`)."""
-        raise NotImplementedError
 
 
 class PeriodicFiring(FiringRule):

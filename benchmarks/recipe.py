@@ -76,8 +76,13 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"video_attention": "local_attention"},
         "twice the learning rate (peak, before the cosine decay)",
     ),
+    "+horizon weights 4, 2, 1": (
+        {**PREDICT, "num_inference_steps": 1, "lr_decay": "cosine", "lr": 2e-3, "horizon_weights": [4.0, 2.0, 1.0]},
+        {"video_attention": "local_attention"},
+        "loss weight 4, 2, 1, 1 on the 1st-4th predicted frame",
+    ),
 }
-CHOSEN = "+lr 2e-3"
+CHOSEN = "+horizon weights 4, 2, 1"
 REGIONS = ("video", "action", "reward")
 FRAMES = (4, 5, 6, 7)
 

@@ -8,6 +8,7 @@ import torch
 from canvas_fixtures import FORMATS, tiny_batch, tiny_loader, tiny_schema
 
 from canvas_engineering import CanvasModule, CanvasProgram, Clock, ProgramValidationError, RegionProgram
+from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.training import (
     DeterministicCarrier,
     DiffusiveCarrier,
@@ -160,3 +161,44 @@ def test_frame_rules_add_the_previous_frame_and_hold_where_the_clock_is_silent()
     # context: e_k + d_{k-1}; predicted: held at the previous value where silent, else e_k + previous
     assert out["reward"].flatten().tolist() == [10.0, 10.0, 11.0, 2.0, 12.0, 12.0]
     assert out["video"] is decoded  # a diffusive, every-frame region passes through
+
+
+# -- horizon weights -----------------------------------------------------------------------------
+
+
+def test_horizon_weights_scale_the_loss_weight_of_each_predicted_frame() -> None:
+    plain, weighted = make(), make(horizon_weights=[4.0, 2.0])
+    frames = plain.layout.position_frames
+    predicted = plain.position_weight > 0
+    ratio = weighted.position_weight[predicted] / plain.position_weight[predicted]
+    # t_current = 3: frames 3, 4, 5 are predicted; frames past the list take its last entry
+    assert {f: sorted(set(ratio[frames[predicted] == f].tolist())) for f in (3, 4, 5)} == {
+        3: [4.0],
+        4: [2.0],
+        5: [2.0],
+    }
+    assert torch.equal(weighted.position_weight[~predicted], plain.position_weight[~predicted])
+    # the loss is a weighted mean: the same predictions score differently
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    a, _ = plain.compute_loss(batch)
+    weighted.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    b, _ = weighted.compute_loss(batch)
+    assert torch.isfinite(b) and not torch.isclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "non-empty list"),
+        ("4,2", "non-empty list"),
+        ([1.0, float("nan")], r"horizon_weights\[1\]"),
+        ([-1.0], r"horizon_weights\[0\]"),
+        ([True], r"horizon_weights\[0\]"),
+        ([0.0, 0.0], "needs a positive entry"),
+    ],
+)
+def test_horizon_weights_are_validated(value: object, message: str) -> None:
+    with pytest.raises(CanvasValidationError, match=message):
+        make(horizon_weights=value)

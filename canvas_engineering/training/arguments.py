@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from canvas_engineering.declare.schema import CanvasSchema
@@ -121,6 +121,16 @@ def check_hyperparameters(hparams: Mapping[str, Any]) -> None:
     check_choice(hparams["lr_decay"], field("lr_decay"), ("none", "cosine"))
     check_bool(hparams["sample_metrics"], field("sample_metrics"))
     check_int(hparams["sample_metric_batches"], field("sample_metric_batches"), minimum=0)
+    horizon = hparams.get("horizon_weights")
+    if horizon is not None:
+        if isinstance(horizon, str | bytes) or not isinstance(horizon, Sequence) or not horizon:
+            raise CanvasValidationError(
+                f"{field('horizon_weights')}={horizon!r} must be a non-empty list of finite numbers >= 0"
+            )
+        for k, value in enumerate(horizon):
+            check_finite_float(value, f"{field('horizon_weights')}[{k}]", minimum=0, maximum=1e6)
+        if not any(float(v) > 0 for v in horizon):
+            raise CanvasValidationError(f"{field('horizon_weights')}={list(horizon)!r} needs a positive entry")
     if hparams["sample_metric_steps"] is not None:
         check_int(
             hparams["sample_metric_steps"], field("sample_metric_steps"), minimum=1, maximum=steps, rule=up_to_steps

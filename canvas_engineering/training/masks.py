@@ -6,7 +6,7 @@ regions' behaviours (one vectorised assignment per region, no loop over position
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +15,15 @@ from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.program import CanvasProgram
 from canvas_engineering.training.region_behaviour import RegionBehaviour
 
-__all__ = ["PositionMasks", "compose_canvas", "constant_canvas", "position_masks", "predicted_frames", "region_slice"]
+__all__ = [
+    "PositionMasks",
+    "compose_canvas",
+    "constant_canvas",
+    "horizon_scale",
+    "position_masks",
+    "predicted_frames",
+    "region_slice",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,29 @@ def position_masks(layout: CanvasLayout, regions: Iterable[RegionBehaviour]) -> 
         if not region.carrier.is_noised:
             empty[idx] = predicted
     return PositionMasks(target=target, noise=target & ~empty, empty=empty, weight=weight)
+
+
+def horizon_scale(
+    layout: CanvasLayout, target: torch.Tensor, names: Iterable[str], weights: Sequence[float] | None
+) -> torch.Tensor:
+    """Return ``(N,)`` loss-weight factors by prediction horizon.
+
+    ``weights[k]`` applies at each region's ``k``-th predicted frame (the last entry at frames
+    beyond the list), 1 elsewhere. Near frames are fully determined by the context and far ones
+    are not; weighting the near ones more keeps the irreducible error of the far ones from
+    dominating the gradient.
+    """
+    scale = torch.ones(layout.num_positions)
+    if not weights:
+        return scale
+    table = torch.as_tensor(list(weights), dtype=torch.float32)
+    for name in names:  # a loop over regions, each a vectorised assignment
+        t, h, w = layout.region_size(name)
+        frames = predicted_frames(target, layout, name)  # (t,)
+        rank = (torch.cumsum(frames.long(), 0) - 1).clamp(0, len(table) - 1)
+        factor = torch.where(frames, table[rank], torch.ones(t))
+        scale[layout.region_indices(name)] = factor.repeat_interleave(h * w)
+    return scale
 
 
 def constant_canvas(program: CanvasProgram, names: Iterable[str]) -> torch.Tensor | None:

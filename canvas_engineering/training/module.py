@@ -71,6 +71,8 @@ class CanvasModule(pl.LightningModule):
             (``val/sample/{region}/...``, ``val/baseline/{name}/{region}/...``).
         sample_metric_batches: how many batches of each validation/test epoch are sampled.
         sample_metric_steps: denoising steps for those samples (``None``: ``num_inference_steps``).
+        horizon_weights: loss-weight factors of each region's predicted frames in order (first
+            predicted frame first; frames beyond the list take its last entry); ``None``: all 1.
         registry: plugin registry of the backbone (``None``: :func:`~canvas_engineering.get_registry`;
             not saved).
 
@@ -98,6 +100,7 @@ class CanvasModule(pl.LightningModule):
         sample_metrics: bool = True,
         sample_metric_batches: int = 4,
         sample_metric_steps: int | None = None,
+        horizon_weights: list[float] | None = None,
         registry: PluginRegistry | None = None,
     ) -> None:
         super().__init__()
@@ -136,7 +139,8 @@ class CanvasModule(pl.LightningModule):
         built = masks.position_masks(self.layout, [self.regions[n] for n in self.formats])
         for name in ("target", "noise", "empty"):
             self.register_buffer(f"{name}_mask", getattr(built, name), persistent=False)
-        self.register_buffer("position_weight", built.weight, persistent=False)
+        horizon = masks.horizon_scale(self.layout, built.target, self.formats, self.hparams.horizon_weights)
+        self.register_buffer("position_weight", built.weight * horizon, persistent=False)
         fixed = [n for n, r in self.regions.items() if not r.compile_mode.has_codec]
         self.constant_canvas: torch.Tensor | None
         self.register_buffer("constant_canvas", masks.constant_canvas(self.program, fixed), persistent=False)

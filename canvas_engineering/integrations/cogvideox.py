@@ -189,10 +189,7 @@ def _resolve_plan(canvas: object, where: str) -> AttentionPlan | None:
 
 
 def _check_text_rule(text_rule: object, where: str) -> str:
-    if text_rule not in TEXT_RULES:
-        msg = f"{where}: text_rule={text_rule!r} must be one of {', '.join(map(repr, TEXT_RULES))}"
-        raise CanvasValidationError(msg)
-    return str(text_rule)
+    return str(check_choice(text_rule, f"{where}: text_rule", TEXT_RULES))
 
 
 def _plan_is_dense(plan: AttentionPlan) -> bool:

@@ -26,14 +26,17 @@ def peak_rss_bytes() -> int:
 
 
 def time_it(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> tuple[float, float]:
-    """(min, median) wall seconds of ``fn`` over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    """(min, median) seconds of ``fn`` over ``repeat`` runs after ``warmup`` runs (``torch.utils.benchmark``).
+
+    Runs with all of torch's threads (``Timer`` defaults to one).
+    """
+    import torch
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    if warmup:
+        timer.timeit(warmup)
+    times = [timer.timeit(1).mean for _ in range(repeat)]
     return min(times), statistics.median(times)
 
 

@@ -158,7 +158,7 @@ def test_fn_resolution_connection_then_region_default_then_cross_attention() -> 
         assert attn.topology.resolve_fn(c, layout) in got
 
 
-def test_group_positions_are_the_union_in_frame_region_order() -> None:
+def test_group_positions_are_the_union_with_each_partition_contiguous() -> None:
     attn = build(MIXED)
     by_fn = {g.fn: g for g in attn.groups}
     assert set(by_fn) == {"cross_attention", "pooling", "linear_attention"}
@@ -172,9 +172,17 @@ def test_group_positions_are_the_union_in_frame_region_order() -> None:
         for pos, regions in ((g.q_positions, src), (g.k_positions, dst)):
             assert len(pos) == len(set(pos.tolist())), "a position must appear once per group"
             assert set(pos.tolist()) == positions(*regions)
-            # ordered by (frame, region, position): temporal structure becomes block structure
-            key = [(int(LAYOUT.position_frames[p]), int(LAYOUT.position_region_ids[p]), int(p)) for p in pos]
-            assert key == sorted(key)
+        # queries grouped by what they read: every partition is one contiguous run, in ascending
+        # canvas order inside, and partitions come in the order of their first frame
+        plan = g.mask.partitions()
+        rows = [p.q_index for p in plan.singles] + [r for b in plan.batches for r in b.q_index]
+        for part in plan.singles:
+            assert part.q_span is not None
+        for q_index in rows:
+            assert torch.equal(q_index, torch.arange(int(q_index[0]), int(q_index[0]) + len(q_index)))
+            canvas = g.q_positions[q_index]
+            assert torch.equal(canvas, canvas.sort().values)
+        assert torch.equal(plan.order, torch.arange(g.mask.num_queries))  # already in partition order
 
 
 def test_group_mask_is_the_compiled_mask_of_its_connections() -> None:
@@ -282,17 +290,20 @@ def test_dense_reference_matches_the_formula_on_the_whole_canvas() -> None:
 
 
 def test_kernel_is_chosen_automatically_and_overridable() -> None:
-    assert KERNELS == ("auto", "flex", "tiled", "dense")
+    assert KERNELS == ("auto", "flex", "partitioned", "tiled", "dense")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_kernel("auto", cpu, needs_grad=True) == "tiled"
-    assert resolve_kernel("auto", cpu, needs_grad=False) == "tiled"
+    assert resolve_kernel("auto", cpu, needs_grad=True) == "partitioned"
+    assert resolve_kernel("auto", cpu, needs_grad=False) == "partitioned"
     assert resolve_kernel("auto", cuda, needs_grad=True) == "flex"
-    for k in ("flex", "tiled", "dense"):
+    for k in ("flex", "partitioned", "tiled", "dense"):
         assert resolve_kernel(k, cuda, needs_grad=True) == k
     assert resolve_kernel("flex", cpu, needs_grad=False) == "flex"
-    # small groups run one dense SDPA call on CPU; large ones are tile-packed
+    # small groups run one dense SDPA call on CPU; large ones are partitioned, or tile-packed
+    # under a position-level extra mask (partitions are class-level)
     assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS) == "dense"
-    assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS + 1) == "tiled"
+    assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS + 1) == "partitioned"
+    assert resolve_kernel("auto", cpu, needs_grad=True, pairs=SMALL_GROUP_PAIRS + 1, extra_mask=True) == "tiled"
+    assert resolve_kernel("partitioned", cpu, needs_grad=True, extra_mask=True) == "tiled"
     assert resolve_kernel("auto", cuda, needs_grad=True, pairs=16) == "flex"
 
     attn = build(temporal_connections(), kernel="auto")
@@ -303,6 +314,8 @@ def test_kernel_is_chosen_automatically_and_overridable() -> None:
         attn.set_kernel("tiled")
         assert {g.mask.kernel for g in attn.groups} == {"tiled"}
         tiled = attn(x)
+        attn.set_kernel("partitioned")
+        partitioned = attn(x)
         attn.set_kernel("dense")
         dense = attn(x)
         attn.set_kernel("flex")
@@ -311,6 +324,7 @@ def test_kernel_is_chosen_automatically_and_overridable() -> None:
     assert all(g.mask.num_queries * g.mask.num_keys <= SMALL_GROUP_PAIRS for g in attn.groups)
     torch.testing.assert_close(auto, dense, atol=0, rtol=0)
     torch.testing.assert_close(dense, tiled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dense, partitioned, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
@@ -388,10 +402,10 @@ def test_tile_packing_matches_the_dense_reference(canvas: str, fn: str) -> None:
 
 @pytest.mark.parametrize("bad", ["sdpa", "Dense", ""])
 def test_unknown_kernel_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="auto, flex, tiled, dense"):
+    with pytest.raises(ValueError, match="auto, flex, partitioned, tiled, dense"):
         build(MIXED, kernel=bad)
     attn = build(MIXED)
-    with pytest.raises(ValueError, match="auto, flex, tiled, dense"):
+    with pytest.raises(ValueError, match="auto, flex, partitioned, tiled, dense"):
         attn.set_kernel(bad)
 
 

@@ -219,7 +219,7 @@ def test_loop_blocks_range_wraps_only_those_blocks(canvas: tuple[CanvasLayout, C
         ({"depth": 0}, r"depth=0 must be an integer >= 1"),
         ({"max_loops": 0}, r"max_loops=0 must be an integer >= 1"),
         ({"n_heads": 3}, r"n_heads \(3\) must divide layout\.d_model \(32\)"),
-        ({"kernel": "fast"}, r"kernel='fast' must be one of auto, flex, tiled, dense"),
+        ({"kernel": "fast"}, r"kernel='fast' must be one of auto, flex, partitioned, tiled, dense"),
         ({"mlp_ratio": 0}, r"mlp_ratio=0 must be a positive number"),
     ],
 )

@@ -146,7 +146,7 @@ def test_group_mask_is_built_once_per_plan(monkeypatch: pytest.MonkeyPatch) -> N
     assert dense.kernel == "dense" and dense.cache is first.cache and len(built) == 1
     with pytest.raises(CanvasValidationError, match=r"must be indices in \[0, 7\)"):
         plan.group_mask([7])
-    with pytest.raises(CanvasValidationError, match="auto, flex, tiled, dense"):
+    with pytest.raises(CanvasValidationError, match="auto, flex, partitioned, tiled, dense"):
         plan.group_mask([0], "sdpa")
 
 

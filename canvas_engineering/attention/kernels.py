@@ -1,5 +1,9 @@
 """Softmax attention over a group's mask with three interchangeable kernels.
 
+* ``"partitioned"``: the queries are partitioned by the keys they read (see
+  :mod:`~canvas_engineering.compilation.partition_plan`) and each partition runs fused SDPA
+  over exactly those keys; the CPU default. A position-level ``extra_mask`` (a spatial
+  window) runs ``"tiled"`` instead.
 * ``"tiled"``: tile-packed SDPA. The non-empty (query block, key block) tiles are gathered
   into windows and batched so dense SDPA runs only where attention is allowed; tiles that
   are fully allowed with weight 1 run without any mask (SDPA's fastest path).
@@ -23,12 +27,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from canvas_engineering.attention.partitioned import partitioned_attention
 from canvas_engineering.compilation.attention_mask import KERNELS, AttentionMask, ExtraMask, TilePlan, check_kernel
 from canvas_engineering.errors import CanvasValidationError
 
 __all__ = ["KERNELS", "SMALL_GROUP_PAIRS", "Kernel", "resolve_kernel", "score_attention", "softmax_attention"]
 
-Kernel = Literal["auto", "flex", "tiled", "dense"]
+Kernel = Literal["auto", "flex", "partitioned", "tiled", "dense"]
 
 
 #: Groups with at most this many (query, key) pairs run the dense kernel under "auto" on CPU:
@@ -36,11 +41,14 @@ Kernel = Literal["auto", "flex", "tiled", "dense"]
 SMALL_GROUP_PAIRS = 1 << 16
 
 
-def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool, pairs: int | None = None) -> str:
-    """Pick the kernel for ``"auto"``: flex on GPU; tile-packed or (small groups) dense SDPA on CPU.
+def resolve_kernel(
+    kernel: str, device: torch.device, needs_grad: bool, pairs: int | None = None, extra_mask: bool = False
+) -> str:
+    """Pick the kernel for ``"auto"``: flex on GPU; partitioned, tiled or (small groups) dense SDPA on CPU.
 
     Dense SDPA runs groups of at most :data:`SMALL_GROUP_PAIRS` pairs (``pairs`` = nq * nk
-    when known).
+    when known); with a position-level ``extra_mask`` the CPU runs ``"tiled"`` (also when
+    ``"partitioned"`` is asked for: partitions are class-level).
 
     Raises:
         CanvasValidationError: unknown kernel, or ``"flex"`` asked to train on the CPU.
@@ -50,11 +58,15 @@ def resolve_kernel(kernel: str, device: torch.device, needs_grad: bool, pairs: i
     if kernel == "flex" and device.type == "cpu" and needs_grad:
         msg = "kernel 'flex' cannot train on CPU (torch refuses FlexAttention backward on CPU); use 'tiled' or 'auto'"
         raise CanvasValidationError(msg)
+    if kernel == "partitioned" and extra_mask:
+        return "tiled"
     if kernel != "auto":
         return kernel
     if device.type == "cuda":
         return "flex"
-    return "dense" if pairs is not None and pairs <= SMALL_GROUP_PAIRS else "tiled"
+    if pairs is not None and pairs <= SMALL_GROUP_PAIRS:
+        return "dense"
+    return "tiled" if extra_mask else "partitioned"
 
 
 def softmax_attention(
@@ -86,9 +98,12 @@ def softmax_attention(
     """
     scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad, mask.num_queries * mask.num_keys)
+    pairs = mask.num_queries * mask.num_keys
+    name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad, pairs, extra_mask is not None)
     if name == "dense":
         return _dense(q, k, v, mask, scale, extra_mask)
+    if name == "partitioned":
+        return partitioned_attention(q, k, v, mask, scale)
     if name == "flex":
         return _flex(q, k, v, mask, scale, extra_mask)
     return _tiled(q, k, v, mask, scale, extra_mask)
@@ -118,15 +133,17 @@ def _assemble(outs: list[torch.Tensor], plan: TilePlan, like: torch.Tensor) -> t
     if not outs:
         return like.new_zeros(like.shape)
     out = torch.cat(outs, dim=1)
-    if not _in_order(plan):  # skipped blocks or out of order
+    if not _in_order(plan, out.shape[1]):  # skipped blocks or out of order
         zero = outs[0].new_zeros(B * H, 1, outs[0].shape[2])
         out = torch.cat([out, zero], dim=1)[:, plan.assembly]  # (B*H, nqb, bs*hd)
     return out.reshape(B, H, plan.n_q_blocks * plan.block_size, hd)[:, :, :nq]
 
 
-def _in_order(plan: TilePlan) -> bool:
+def _in_order(plan: TilePlan, computed_blocks: int) -> bool:
     """Tell whether the buckets' outputs already come in query-block order, none missing."""
     assembly = plan.assembly
+    if assembly.numel() != computed_blocks:  # a block without keys (its output is the zero block)
+        return False
     return bool(assembly.numel() == 0 or (assembly[0] == 0 and (assembly.diff() == 1).all()))
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from canvas_engineering.compilation.partition_plan import PartitionPlan, build_partition_plan
 from canvas_engineering.errors import CanvasValidationError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 #: kernel names: ``"auto"`` picks one per device and group size (see ``kernels.resolve_kernel``)
-KERNELS: tuple[str, ...] = ("auto", "flex", "tiled", "dense")
+KERNELS: tuple[str, ...] = ("auto", "flex", "partitioned", "tiled", "dense")
 #: power-of-two block sizes the tiled kernel considers (frame-aligned sizes are added per group)
 BLOCK_SIZES = (32, 64, 128, 256)
 #: FlexAttention's block size
@@ -248,6 +249,14 @@ def block_mask_from_tiles(
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=seq_lengths
     )
+
+
+def _check_order(order: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    order = torch.as_tensor(order, dtype=torch.long)
+    if order.shape != (n,) or not torch.equal(order.sort().values, torch.arange(n)):
+        msg = f"AttentionMask.reordered: {name} must be a permutation of the {n} rows"
+        raise CanvasValidationError(msg)
+    return order
 
 
 class AttentionMask:
@@ -492,6 +501,38 @@ class AttentionMask:
 
         """
         return self.cache.get(("tiles", block_size, extra_mask), lambda: self._build_tiles(block_size, extra_mask))
+
+    def partitions(self) -> PartitionPlan:
+        """Return the queries partitioned by what they read (see :mod:`.partition_plan`), on the CPU (cached)."""
+        return self.cache.get(
+            "partitions", lambda: build_partition_plan(self.class_table, self.q_classes, self.k_classes)
+        )
+
+    def device_partitions(self, device: torch.device | str, dtype: torch.dtype) -> PartitionPlan:
+        """:meth:`partitions` with its tensors on ``device`` and biases in ``dtype`` (cached)."""
+        return self.cache.get(
+            ("device_partitions", _device_key(device), dtype), lambda: self.partitions().to(device, dtype)
+        )
+
+    def reordered(self, q_order: torch.Tensor, k_order: torch.Tensor | None = None) -> AttentionMask:
+        """Return the mask with its query rows permuted by ``q_order`` (and key rows by ``k_order``).
+
+        The new mask starts with an empty cache.
+
+        Raises:
+            CanvasValidationError: an order that is not a permutation of the rows.
+
+        """
+        q_order = _check_order(q_order, self.num_queries, "q_order")
+        k_order = torch.arange(self.num_keys) if k_order is None else _check_order(k_order, self.num_keys, "k_order")
+        view = copy.copy(self)
+        view.q_positions, view.k_positions = self.q_positions[q_order], self.k_positions[k_order]
+        view.q_classes, view.k_classes = self.q_classes[q_order], self.k_classes[k_order]
+        view.q_coords, view.k_coords = self.q_coords[q_order], self.k_coords[k_order]
+        view.cache = ViewCache()
+        for name in ("num_allowed_pairs", "row_has_key", "_class_view"):
+            view.__dict__.pop(name, None)
+        return view
 
     def device_tiles(
         self, block_size: int, device: torch.device | str, dtype: torch.dtype, extra_mask: ExtraMask = None

@@ -249,7 +249,19 @@ class AttentionPlan:
             table = _weight_table(self.layout, conns)
             q_pos = self.ordered_positions(c.src for c in conns)
             k_pos = self.ordered_positions(c.dst for c in conns)
-            return AttentionMask(table, q_pos, k_pos, self.class_ids, self.coords)
+            mask = AttentionMask(table, q_pos, k_pos, self.class_ids, self.coords)
+            # Queries grouped by what they read: each partition is then a contiguous run (sliced,
+            # not gathered), and wide readers sit in blocks of their own for block kernels too.
+            # Keys that are also queries follow the query order: what a partition reads (mostly
+            # its own and nearby frames) stays in few runs, and over the same positions the
+            # tokens are gathered once.
+            q_order = mask.partitions().order
+            rank = torch.full((self.num_positions,), -1, dtype=torch.long)
+            rank[q_pos[q_order]] = torch.arange(len(q_pos))
+            k_rank = rank[k_pos]
+            if bool((k_rank >= 0).all()):
+                return mask.reordered(q_order, torch.argsort(k_rank))
+            return mask.reordered(q_order)
 
         base = self.cache.get(("group_mask", indices, "auto"), build_base)
         if kernel == "auto":

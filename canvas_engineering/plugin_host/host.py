@@ -194,7 +194,6 @@ class PluginHost:
         self._manager: pluggy.PluginManager | None = None
         self._registry: PluginRegistry | None = None
         # the registry being built: re-entrant calls see what is registered so far
-        self._building: PluginRegistry | None = None
         # "name = value" of the entry point being imported, while the manager is built
         self._loading: str | None = None
         # pluggy plugin name -> who provides it
@@ -297,24 +296,19 @@ class PluginHost:
     def registry(self) -> PluginRegistry:
         """Return the registry of everything the plugins provide, built on first use and cached.
 
-        Each plugin's hookimpls are called one by one, so every entry records exactly which
+        Each kind (attention types, backbones, datamodules) is filled on its first access, so
+        building attention never imports what datamodule plugins need (Lightning). Each
+        plugin's hookimpls are called one by one, so every entry records exactly which
         distribution and entry point provided it. A hook that raises is reported as a
         :class:`PluginLoadWarning` and its registrations are dropped; the others still load.
-        Called re-entrantly while it is being built (e.g. by a hook that declares a
-        ``Connection``), it returns what is registered so far.
+        Called re-entrantly while a kind is being filled (e.g. by a hook that declares a
+        ``Connection``), it returns the registry, whose kind holds what is registered so far.
         """
         with self._lock:
             if self._registry is not None:
                 return self._registry
-            if self._building is not None:
-                return self._building
             pm = self.plugin_manager()
-            registry = PluginRegistry()
-            self._building = registry
-            try:
-                self._fill(pm, registry)
-            finally:
-                self._building = None
+            registry = PluginRegistry(fill=functools.partial(self._fill_kind, pm))
             self._registry = registry
             return registry
 
@@ -330,9 +324,8 @@ class PluginHost:
                 return None
             return self.registry()
 
-    def _fill(self, pm: pluggy.PluginManager, registry: PluginRegistry) -> None:
-        for hook_name in PluginRegistry.HOOKS:
-            kind = registry.kind_for_hook(hook_name)
+    def _fill_kind(self, pm: pluggy.PluginManager, hook_name: str, kind: KindRegistry) -> None:
+        with self._lock:
             for impl in _ordered(getattr(pm.hook, hook_name).get_hookimpls()):
                 provider = self._providers.get(impl.plugin_name, _in_process_provider(impl.plugin_name))
                 try:

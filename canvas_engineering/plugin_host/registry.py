@@ -15,7 +15,7 @@ can also be built by hand (tests, applications that compose their own).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -186,18 +186,49 @@ class PluginRegistry:
         "register_datamodules": "datamodules",
     }
 
-    def __init__(self) -> None:
-        self.attention_types = KindRegistry("attention type")
-        self.backbones = KindRegistry("backbone")
-        self.datamodules = KindRegistry("datamodule")
+    def __init__(self, fill: Callable[[str, KindRegistry], None] | None = None) -> None:
+        """Create empty kinds; ``fill(hook_name, kind)``, if given, fills each on its first access.
+
+        The plugin host passes ``fill``, so asking for attention types never imports what the
+        datamodule plugins need.
+        """
+        self._kinds = {
+            "register_attention_types": KindRegistry("attention type"),
+            "register_backbones": KindRegistry("backbone"),
+            "register_datamodules": KindRegistry("datamodule"),
+        }
+        self._fill = fill
+        self._filled: set[str] = set()
+
+    @property
+    def attention_types(self) -> KindRegistry:
+        """Attention types (filled on first access)."""
+        return self._filled_kind("register_attention_types")
+
+    @property
+    def backbones(self) -> KindRegistry:
+        """Backbones (filled on first access)."""
+        return self._filled_kind("register_backbones")
+
+    @property
+    def datamodules(self) -> KindRegistry:
+        """Datamodules (filled on first access)."""
+        return self._filled_kind("register_datamodules")
+
+    def _filled_kind(self, hook_name: str) -> KindRegistry:
+        kind = self._kinds[hook_name]
+        if self._fill is not None and hook_name not in self._filled:
+            self._filled.add(hook_name)  # first: a hook reading its own kind sees what is registered so far
+            self._fill(hook_name, kind)
+        return kind
 
     def kind_for_hook(self, hook_name: str) -> KindRegistry:
-        """Return the kind registry that hook ``hook_name`` fills."""
-        return getattr(self, self.HOOKS[hook_name])
+        """Return the kind registry that hook ``hook_name`` fills (without filling it)."""
+        return self._kinds[hook_name]
 
     def kinds(self) -> list[KindRegistry]:
-        """Return the kind registries, in hook order."""
-        return [getattr(self, attr) for attr in self.HOOKS.values()]
+        """Return the kind registries, in hook order (each filled)."""
+        return [self._filled_kind(hook) for hook in self.HOOKS]
 
     def entries(self) -> list[PluginEntry]:
         """Every registered entry of every kind."""

@@ -220,6 +220,9 @@ class CanvasAttention(nn.Module):
             raise CanvasValidationError(msg)
         if len(self.groups) == 1 and self.groups[0].q_range == (0, n):
             return self.groups[0](x, beta).to(x.dtype)  # one group over every position, in order
+        if len(self.groups) == 1:  # positions of one group are distinct: copy, nothing to add
+            group = self.groups[0]
+            return torch.zeros_like(x).index_copy(1, group.q_positions, group(x, beta).to(x.dtype))
         out = torch.zeros_like(x)
         replaced = None
         for group in self.groups:

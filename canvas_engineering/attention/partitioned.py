@@ -86,11 +86,11 @@ def _unbatch(o: torch.Tensor, heads: int) -> torch.Tensor:
     return o.reshape(B, heads, -1, hd)
 
 
-def _add_rows(buf: torch.Tensor, span: tuple[int, int] | None, index: torch.Tensor, rows: torch.Tensor) -> None:
+def _write_rows(buf: torch.Tensor, span: tuple[int, int] | None, index: torch.Tensor, rows: torch.Tensor) -> None:
     if span is not None:
-        buf[:, :, span[0] : span[1]] += rows
+        buf[:, :, span[0] : span[1]] = rows
     else:
-        buf.index_add_(2, index, rows)
+        buf.index_copy_(2, index, rows)
 
 
 class _CPUPartitioned(torch.autograd.Function):
@@ -101,7 +101,7 @@ class _CPUPartitioned(torch.autograd.Function):
         if plan.batches or any(p.q_span is None for p in plan.singles):
             # gathers of rows are memcpys of whole rows only on contiguous tensors
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = q.new_zeros(q.shape)
+        out = q.new_empty(q.shape) if plan.covers_all else q.new_zeros(q.shape)  # rows are written once
         lse = []
         for part in plan.singles:
             qs = _rows(q, part.q_span, part.q_index)
@@ -112,35 +112,40 @@ class _CPUPartitioned(torch.autograd.Function):
             else:
                 out.index_copy_(2, part.q_index, o)
             lse.append(m)
+        gathered = []  # small batches keep their gathered rows: backward need not gather again
         for batch in plan.batches:
             qs, ks, vs = _batched(q, batch.q_index), _batched(k, batch.k_index), _batched(v, batch.k_index)
             o, m = flash(qs, ks, vs, attn_mask=_batch_bias(batch, H), scale=scale)
             out.index_copy_(2, batch.q_index.reshape(-1), _unbatch(o, H))
             lse.append(m)
+            gathered += [qs, ks, vs, o]
         ctx.plan, ctx.scale = plan, scale
-        ctx.save_for_backward(q, k, v, out, *lse)
+        ctx.save_for_backward(q, k, v, out, *lse, *gathered)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         _, flash_backward = _FLASH
-        q, k, v, out, *lse = ctx.saved_tensors
+        q, k, v, out, *rest = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
+        count = len(plan.singles) + len(plan.batches)
+        lse, gathered = rest[:count], rest[count:]
         H = q.shape[1]
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dq = torch.empty_like(q) if plan.covers_all else torch.zeros_like(q)  # query rows are disjoint
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
         for part, m in zip(plan.singles, lse, strict=False):
             qs = _rows(q, part.q_span, part.q_index)
             ks, vs = _keys(k, part.k_runs), _keys(v, part.k_runs)
             os, gs = _rows(out, part.q_span, part.q_index), _rows(grad, part.q_span, part.q_index)
             a, b, c = flash_backward(gs, qs, ks, vs, os, m, 0.0, False, attn_mask=_single_bias(part), scale=scale)
-            _add_rows(dq, part.q_span, part.q_index, a)
+            _write_rows(dq, part.q_span, part.q_index, a)
             _add_keys(dk, part.k_runs, b)
             _add_keys(dv, part.k_runs, c)
-        for batch, m in zip(plan.batches, lse[len(plan.singles) :], strict=True):
-            qs, ks, vs = _batched(q, batch.q_index), _batched(k, batch.k_index), _batched(v, batch.k_index)
-            os, gs = _batched(out, batch.q_index), _batched(grad, batch.q_index)
+        for i, (batch, m) in enumerate(zip(plan.batches, lse[len(plan.singles) :], strict=True)):
+            qs, ks, vs, os = gathered[4 * i : 4 * i + 4]
+            gs = _batched(grad, batch.q_index)
             a, b, c = flash_backward(gs, qs, ks, vs, os, m, 0.0, False, attn_mask=_batch_bias(batch, H), scale=scale)
-            dq.index_add_(2, batch.q_index.reshape(-1), _unbatch(a, H))
+            dq.index_copy_(2, batch.q_index.reshape(-1), _unbatch(a, H))
             dk.index_add_(2, batch.k_index.reshape(-1), _unbatch(b, H))
             dv.index_add_(2, batch.k_index.reshape(-1), _unbatch(c, H))
         return dq, dk, dv, None, None

@@ -96,6 +96,7 @@ class PartitionPlan:
             of gathering.
         num_queries: nq; ``num_keys``: nk.
         computed_pairs: pairs the plan computes (allowed pairs plus masked ones of merged partitions).
+        covers_all: every query row is in a partition (no row without an allowed key).
 
     """
 
@@ -105,6 +106,7 @@ class PartitionPlan:
     num_queries: int
     num_keys: int
     computed_pairs: int
+    covers_all: bool
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> PartitionPlan:
         """Return the plan with its tensors on ``device`` (biases in ``dtype``)."""
@@ -249,4 +251,4 @@ def build_partition_plan(class_table: torch.Tensor, q_classes: torch.Tensor, k_c
         )
         for parts in small.values()
     )
-    return PartitionPlan(tuple(singles), batches, order, nq_total, nk_total, computed)
+    return PartitionPlan(tuple(singles), batches, order, nq_total, nk_total, computed, bool(grouped.all()))

@@ -168,3 +168,26 @@ def test_partitioned_kernel_runs_half_precision_tokens() -> None:
     ref = reference(q.double(), k.double(), v.double(), mask.dense_weights().double(), 8**-0.5)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=layouts_and_topologies())
+def test_plan_derived_for_the_reordered_mask_equals_a_fresh_build(case) -> None:
+    layout, topo = case
+    mask = compile_topology(layout, topo).group_mask(range(len(topo.connections)))
+    derived = mask.partitions()
+    fresh = partition_plan.build_partition_plan(mask.class_table, mask.q_classes, mask.k_classes)
+    assert (derived.covers_all, derived.computed_pairs) == (fresh.covers_all, fresh.computed_pairs)
+    assert torch.equal(derived.order, fresh.order)
+    assert len(derived.singles) == len(fresh.singles) and len(derived.batches) == len(fresh.batches)
+    for a, b in zip(derived.singles, fresh.singles, strict=True):
+        assert torch.equal(a.q_index, b.q_index) and torch.equal(a.k_index, b.k_index)
+        assert (a.q_span, a.k_runs) == (b.q_span, b.k_runs)
+        assert (a.bias is None) == (b.bias is None)
+        if a.bias is not None:
+            torch.testing.assert_close(a.bias, b.bias, atol=0, rtol=0)
+    for a, b in zip(derived.batches, fresh.batches, strict=True):
+        assert torch.equal(a.q_index, b.q_index) and torch.equal(a.k_index, b.k_index)
+        assert (a.bias is None) == (b.bias is None)
+        if a.bias is not None:
+            torch.testing.assert_close(a.bias, b.bias, atol=0, rtol=0)

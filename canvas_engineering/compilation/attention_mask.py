@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from canvas_engineering.compilation.partition_plan import PartitionPlan, build_partition_plan
+from canvas_engineering.compilation.partition_plan import PartitionPlan, build_partition_plan, reorder_partition_plan
 from canvas_engineering.errors import CanvasValidationError
 
 if TYPE_CHECKING:
@@ -532,6 +532,10 @@ class AttentionMask:
         view.cache = ViewCache()
         for name in ("num_allowed_pairs", "row_has_key", "_class_view"):
             view.__dict__.pop(name, None)
+        if "partitions" in self.cache and torch.equal(q_order, self.partitions().order):
+            # the compiler's reordering: derive the plan instead of grouping the classes again
+            plan = reorder_partition_plan(self.partitions(), k_order)
+            view.cache.get("partitions", lambda: plan)
         return view
 
     def device_tiles(

@@ -21,7 +21,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["BATCH_PAIRS", "PartitionBatch", "PartitionPlan", "QueryPartition", "build_partition_plan"]
+__all__ = [
+    "BATCH_PAIRS",
+    "PartitionBatch",
+    "PartitionPlan",
+    "QueryPartition",
+    "build_partition_plan",
+    "reorder_partition_plan",
+]
 
 #: partitions with fewer (query, key) pairs than this run batched with others of their shape
 BATCH_PAIRS = 1 << 14
@@ -252,3 +259,39 @@ def build_partition_plan(class_table: torch.Tensor, q_classes: torch.Tensor, k_c
         for parts in small.values()
     )
     return PartitionPlan(tuple(singles), batches, order, nq_total, nk_total, computed, bool(grouped.all()))
+
+
+def _remap(index: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sorted new rows, column order)`` of rows ``index`` after a permutation with inverse ``inverse``."""
+    new = inverse[index]
+    perm = torch.argsort(new, dim=-1)
+    return new.gather(-1, perm), perm
+
+
+def reorder_partition_plan(plan: PartitionPlan, k_order: torch.Tensor) -> PartitionPlan:
+    """Return the plan of the same mask with its queries in ``plan.order`` and keys permuted by ``k_order``.
+
+    What :func:`build_partition_plan` returns on the reordered mask (the compiler orders every
+    group this way), without grouping the classes again.
+    """
+    q_inv, k_inv = torch.argsort(plan.order), torch.argsort(k_order)
+    singles = []
+    for part in plan.singles:
+        q_index, q_perm = _remap(part.q_index, q_inv)
+        k_index, k_perm = _remap(part.k_index, k_inv)
+        bias = part.bias
+        if bias is not None:
+            bias = bias[:, k_perm] if bias.shape[0] == 1 else bias[q_perm][:, k_perm]
+        singles.append(QueryPartition(q_index, _span(q_index), k_index, _runs(k_index), bias))
+    batches = []
+    for batch in plan.batches:
+        q_index, q_perm = _remap(batch.q_index, q_inv)
+        k_index, k_perm = _remap(batch.k_index, k_inv)
+        bias = batch.bias
+        if bias is not None:
+            if bias.shape[1] > 1:
+                bias = bias.gather(1, q_perm[:, :, None].expand(-1, -1, bias.shape[2]))
+            bias = bias.gather(2, k_perm[:, None, :].expand(-1, bias.shape[1], -1))
+        batches.append(PartitionBatch(q_index, k_index, bias))
+    order = torch.arange(plan.num_queries)
+    return replace(plan, singles=tuple(singles), batches=tuple(batches), order=order)

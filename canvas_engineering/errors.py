@@ -22,6 +22,7 @@ __all__ = [
     "BatchValidationError",
     "CanvasError",
     "CanvasValidationError",
+    "CheckpointFileError",
     "ConnectionValidationError",
     "DuplicateRegistrationError",
     "FieldValidationError",
@@ -163,6 +164,22 @@ class LoopCheckpointError(CanvasValidationError):
         super().__init__(message)
         self.path = path
         self.parameter = parameter
+
+
+class CheckpointFileError(CanvasValidationError):
+    """A file given as a model checkpoint is missing, damaged, or another kind of file.
+
+    For example a loop checkpoint given to ``CanvasModule.load_from_checkpoint``; the message
+    names the file, what is wrong and what to use instead.
+
+    Attributes:
+        path: the file.
+
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # ==================================================================================

@@ -37,15 +37,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """Return ``err``'s message on one line (the class name when it has none)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def _schema(args: argparse.Namespace) -> int:
     from canvas_engineering.compilation.compiler import compile_topology
     from canvas_engineering.declare.schema import CanvasSchema
-    from canvas_engineering.errors import CanvasValidationError
+    from canvas_engineering.errors import CanvasError
 
     try:
         schema = CanvasSchema.from_json(Path(args.file))
-    except CanvasValidationError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (CanvasError, OSError, ValueError, RecursionError, MemoryError) as err:
+        # every bad file: one line on stderr (the loader names the file and the rule) and exit status 2
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     print(schema.summary())
     if args.png:

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from canvas_engineering._json_source import read_json_source, write_json
+from canvas_engineering._json_source import check_keys, dumps_strict, read_json_source, write_json
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.region import RegionSpec, validate_embedding
 from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError, SchemaValidationError
-from canvas_engineering.validation import check_finite_float
+from canvas_engineering.validation import check_finite_float, is_int
 
 __all__ = ["SCHEMA_FORMAT_VERSION", "CanvasSchema", "transfer_distance"]
 
@@ -75,7 +75,8 @@ class CanvasSchema:
 
     Raises:
         ConnectionValidationError: the topology names a region the layout lacks.
-        SchemaValidationError: metadata is not JSON-serialisable.
+        SchemaValidationError: metadata is not JSON-serialisable (NaN and infinities included:
+            JSON has none) or nests more than ``MAX_JSON_DEPTH`` levels.
 
     """
 
@@ -93,11 +94,8 @@ class CanvasSchema:
         if not isinstance(self.metadata, Mapping):
             msg = f"CanvasSchema.metadata must be a mapping, got {type(self.metadata).__name__}"
             raise SchemaValidationError(msg)
-        try:
-            json.dumps(dict(self.metadata))
-        except (TypeError, ValueError) as err:
-            msg = f"CanvasSchema.metadata is not JSON-serialisable: {err}"
-            raise SchemaValidationError(msg) from None
+        # refused now, not when the schema is written: to_json must never fail on metadata
+        dumps_strict(dict(self.metadata), "CanvasSchema.metadata is not JSON-serialisable", SchemaValidationError)
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     # -- serialisation ------------------------------------------------------------------
@@ -112,15 +110,25 @@ class CanvasSchema:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
-        """Return the schema as JSON text; with ``path``, also written there atomically (temp file + rename)."""
-        return write_json(self.to_dict(), path, indent)
+        """Return the schema as JSON text; with ``path``, also written there atomically (temp file + rename).
+
+        Missing parent folders of ``path`` are created.
+
+        Raises:
+            OSError: ``path`` cannot be written (the message names ``path``).
+
+        """
+        return write_json(self.to_dict(), path, indent, kind="schema", error=SchemaValidationError)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str]) -> CanvasSchema:
-        """Load from JSON text or a file path.
+        """Load from JSON text or a file path (strictly: see :meth:`from_dict`).
 
         Raises:
-            SchemaValidationError: unreadable file, invalid JSON, or a missing/bad key (named).
+            SchemaValidationError: naming the file (or ``schema JSON``) and the rule broken: the
+                file cannot be read, is larger than 64 MiB or not UTF-8; the JSON is invalid,
+                repeats a key in one object, holds NaN or Infinity or nests more than 100
+                levels; or a key is unknown (with the closest allowed key), missing or bad.
 
         """
         data, where = read_json_source(source, "schema", SchemaValidationError)
@@ -128,21 +136,33 @@ class CanvasSchema:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "schema") -> CanvasSchema:
-        """Build from a dict as written by :meth:`to_dict`, naming the first missing or bad key."""
+        """Build from a dict as written by :meth:`to_dict`, naming the first unknown, missing or bad key.
+
+        Keys (``_json_source.FILE_KEYS`` lists them): ``layout`` (``T``, ``H``, ``W``,
+        ``d_model``, ``regions`` required; ``t_current`` defaults to 0), each region (``bounds``
+        required, every other ``RegionSpec`` field optional with its default) and ``topology``
+        (``connections``, each with ``src`` and ``dst`` required and every other ``Connection``
+        field optional) are required; ``version`` defaults to the current one and ``metadata``
+        to ``{}``. Any other key is an error: a misspelled key is never ignored for a default.
+
+        Raises:
+            SchemaValidationError: naming ``where`` and the key.
+            ConnectionValidationError: a connection names a region the layout lacks.
+
+        """
         reader = _KeyReader(where)
-        root = reader.mapping(data, "")
+        root = reader.keys(data, "schema", "")
         version = root.get("version", SCHEMA_FORMAT_VERSION)
-        if version != SCHEMA_FORMAT_VERSION:
+        if not is_int(version) or version != SCHEMA_FORMAT_VERSION:
             msg = f"{where}: key 'version' is {version!r}; this library reads version {SCHEMA_FORMAT_VERSION}"
             raise SchemaValidationError(msg)
-        lay = reader.mapping(reader.get(root, "layout", ""), "layout")
+        lay = reader.keys(reader.get(root, "layout", ""), "schema.layout", "layout")
         regions_raw = reader.mapping(reader.get(lay, "regions", "layout"), "layout.regions")
         regions = {}
         for name, spec in regions_raw.items():
             key = f"layout.regions.{name}"
-            spec = reader.mapping(spec, key)
-            kwargs = dict(spec)
-            bounds = reader.get(spec, "bounds", key)
+            kwargs = reader.keys(spec, "schema.region", key)
+            bounds = reader.get(kwargs, "bounds", key)
             if not isinstance(bounds, list):
                 msg = f"{where}: key '{key}.bounds' must be a list of six integers, got {bounds!r}"
                 raise SchemaValidationError(msg)
@@ -160,7 +180,7 @@ class CanvasSchema:
             },
             "layout",
         )
-        topo = reader.mapping(root.get("topology", {"connections": []}), "topology")
+        topo = reader.keys(reader.get(root, "topology", ""), "schema.topology", "topology")
         conns_raw = reader.get(topo, "connections", "topology")
         if not isinstance(conns_raw, list):
             msg = f"{where}: key 'topology.connections' must be a list, got {type(conns_raw).__name__}"
@@ -168,12 +188,16 @@ class CanvasSchema:
         conns = []
         for i, c in enumerate(conns_raw):
             key = f"topology.connections[{i}]"
-            c = reader.mapping(c, key)
-            reader.get(c, "src", key)
-            reader.get(c, "dst", key)
-            conns.append(reader.build(Connection, dict(c), key))
+            kwargs = reader.keys(c, "schema.connection", key)
+            reader.get(kwargs, "src", key)
+            reader.get(kwargs, "dst", key)
+            conns.append(reader.build(Connection, kwargs, key))
         metadata = reader.mapping(root.get("metadata", {}), "metadata")
-        return cls(layout=layout, topology=CanvasTopology(conns), metadata=dict(metadata))
+        try:
+            return cls(layout=layout, topology=CanvasTopology(conns), metadata=dict(metadata))
+        except SchemaValidationError as err:
+            msg = f"{where}: key 'metadata': {err}"
+            raise SchemaValidationError(msg) from None
 
     # -- semantics ----------------------------------------------------------------------
 
@@ -219,6 +243,10 @@ class _KeyReader:
             msg = f"{self.where}: key {key or '(root)'!r} must be an object, got {type(value).__name__}"
             raise SchemaValidationError(msg)
         return value
+
+    def keys(self, value: object, kind: str, key: str) -> dict[str, Any]:
+        """Return the object at ``key``, refusing a non-object and unknown keys (missing ones: :meth:`get`)."""
+        return check_keys(self.mapping(value, key), kind, self.where, key, SchemaValidationError, required=False)
 
     def get(self, obj: Mapping[str, Any], name: str, parent: str) -> Any:
         if name not in obj:

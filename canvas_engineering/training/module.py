@@ -306,6 +306,36 @@ class CanvasModule(pl.LightningModule):
     def _looped_blocks(self) -> list[nn.Module]:
         return list(getattr(self.backbone, "looped_blocks", []) or [])
 
+    # Lightning's classmethod that refuses to be called on an instance (plain classmethod if it moves)
+    @getattr(pl.utilities.model_helpers, "_restricted_classmethod", classmethod)
+    def load_from_checkpoint(
+        cls, checkpoint_path: Any, *args: Any, allow_non_finite: bool = False, **kwargs: Any
+    ) -> CanvasModule:
+        """Load like :meth:`lightning.pytorch.LightningModule.load_from_checkpoint`, refusing bad files by name.
+
+        Before Lightning reads it, a local file is checked
+        (:func:`~canvas_engineering.models.loop_checkpoint.check_lightning_checkpoint`): a missing
+        file, a folder, a damaged file or one that is not a Lightning checkpoint (a loop
+        checkpoint: use :func:`~canvas_engineering.load_loop_checkpoint`) raises
+        :class:`~canvas_engineering.errors.CheckpointFileError` naming the file. Loaded weights
+        holding NaN or an infinity are refused too, unless ``allow_non_finite``.
+
+        Args:
+            checkpoint_path: the checkpoint (a path, URL or file object, as for Lightning).
+            *args: passed to Lightning (``map_location``, ``hparams_file``, ``strict``, ...).
+            allow_non_finite: return a model whose weights hold NaN or infinities.
+            **kwargs: passed to Lightning (hyper-parameter overrides, ...).
+
+        """
+        from canvas_engineering.models.loop_checkpoint import check_finite_weights, check_lightning_checkpoint
+
+        caller = f"{cls.__name__}.load_from_checkpoint"
+        check_lightning_checkpoint(checkpoint_path, caller)
+        model = super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        if not allow_non_finite:
+            check_finite_weights(model, checkpoint_path, caller)
+        return model
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the canvas beside the weights (hyper-parameters can be overridden at load)."""
         blocks = self._looped_blocks()

@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointFileError",
     "ConnectionValidationError",
     "DuplicateRegistrationError",
+    "EpisodeDataError",
     "FieldValidationError",
     "IncompatibleModelError",
     "LayoutValidationError",
@@ -36,6 +37,7 @@ __all__ = [
     "PluginHostReentryError",
     "PluginLoadWarning",
     "PluginRegistrationError",
+    "PrecisionError",
     "ProgramCycleError",
     "ProgramValidationError",
     "RegionValidationError",
@@ -78,6 +80,15 @@ class IncompatibleModelError(CanvasError, TypeError):
 
 class CanvasValidationError(CanvasError, ValueError):
     """Base class: a canvas declaration or an argument breaks a rule."""
+
+
+class PrecisionError(CanvasValidationError, TypeError):
+    """A tensor's floating-point dtype does not fit the module or the training precision.
+
+    Raised at a public entry before any work: tokens of one dtype given to a module whose
+    weights are another (outside ``torch.autocast``), or a precision the optimiser cannot
+    train in. The message names both dtypes (or the precision) and what to use instead.
+    """
 
 
 class RegionValidationError(CanvasValidationError):
@@ -198,6 +209,34 @@ class VideoFolderError(CanvasValidationError):
     def __init__(self, message: str, path: str | os.PathLike[str]) -> None:
         super().__init__(message)
         self.path = str(path)
+
+
+class EpisodeDataError(CanvasValidationError):
+    """An episode dataset (a LeRobot folder, arrays or a Hugging Face dataset) cannot be used.
+
+    The message names the file (when there is one), the episode and the feature, and the rule
+    broken: a missing or malformed ``meta/info.json``, a declared feature absent from the files,
+    a video shorter than its table, a non-finite value, timestamps off the frame rate.
+
+    Attributes:
+        path: the offending file, or None for in-memory data.
+        episode: the episode index, when one is concerned.
+        feature: the feature name, when one is concerned.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        episode: int | None = None,
+        feature: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.episode = episode
+        self.feature = feature
 
 
 # ==================================================================================

@@ -22,6 +22,7 @@ BUILTIN_DATAMODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "multi_frequency": ("multi_frequency:MultiFrequencyDataModule", ()),
     "cartpole": ("cartpole:CartPoleDataModule", ("gymnasium",)),
     "video_folder": ("video_folder:VideoFolderDataModule", ("av",)),
+    "episodes": ("episodes:EpisodeDataModule", ("pyarrow", "av")),
 }
 
 

@@ -22,7 +22,7 @@ from canvas_engineering.training.module import CanvasModule
 if TYPE_CHECKING:
     from canvas_engineering.plugin_host.registry import PluginRegistry
 
-__all__ = ["QUICKSTART_CONFIG", "CanvasCLI", "fit_summary", "run_lightning_cli"]
+__all__ = ["QUICKSTART_CONFIG", "CanvasCLI", "fit_summary", "resolve_datamodule_names", "run_lightning_cli"]
 
 #: The packaged quick-start configuration.
 QUICKSTART_CONFIG = str(resources.files("canvas_engineering") / "configs" / "quickstart.yaml")
@@ -87,6 +87,27 @@ def fit_summary(trainer: pl.Trainer) -> str:
     return "\n".join(lines)
 
 
+def resolve_datamodule_names(args: list[str], registry: PluginRegistry) -> list[str]:
+    """Turn ``--data=NAME`` (a name ``canvas-engineering plugins`` lists) into the class's import path.
+
+    Class names (``--data=CartPoleDataModule``) and dotted paths pass through unchanged, as do
+    options that are not ``--data`` itself (``--data.root=...``).
+    """
+    names = {entry.name: entry.obj for entry in registry.datamodules.entries()}
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg.startswith("--data="):
+            value, prefix, at = arg[len("--data=") :], "--data=", i
+        elif arg == "--data" and i + 1 < len(out):
+            value, prefix, at = out[i + 1], "", i + 1
+        else:
+            continue
+        cls = names.get(value)
+        if cls is not None:
+            out[at] = f"{prefix}{cls.__module__}.{cls.__qualname__}"
+    return out
+
+
 def _schema_dict(schema: Any) -> dict[str, Any]:
     return schema.to_dict()
 
@@ -106,6 +127,13 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True, registry: PluginR
     from canvas_engineering.datamodules import CanvasDataModule
 
     args = list(args) if args is not None else None
+    registry = registry if registry is not None else get_registry()
+    if args is None:  # LightningCLI would read sys.argv: resolve the datamodule names there
+        import sys
+
+        sys.argv[1:] = resolve_datamodule_names(sys.argv[1:], registry)
+    else:
+        args = resolve_datamodule_names(args, registry)
     defaults = {"fit": {"default_config_files": [QUICKSTART_CONFIG]}}
     return CanvasCLI(
         CanvasModule,

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pluggy
 import pytest
+import torch
+from lightning.pytorch import LightningDataModule
 
 import canvas_engineering
-from canvas_engineering import errors
+from canvas_engineering import AttentionType, CanvasBackbone, errors
 from canvas_engineering.cli.commands import main
 from canvas_engineering.declare.attention_vocabulary import check_attention_type
 from canvas_engineering.errors import (
@@ -51,19 +53,41 @@ from canvas_engineering.plugin_host.registry import KindRegistry, Provider
 PACKAGE = Path(canvas_engineering.__file__).parent
 
 
-class DummyType:
-    """Stands in for a registered class."""
+class DummyType(AttentionType):
+    """Stands in for a registered class (an attention type: each kind checks what it is given)."""
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: object, beta: float = 1.0) -> torch.Tensor:
+        return queries
+
+
+class DummyBackbone(CanvasBackbone):
+    """Stands in for a registered backbone."""
+
+    def forward(self, tokens: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
+class DummyDataModule(LightningDataModule):
+    """Stands in for a registered datamodule."""
+
+
+#: hook -> a stand-in of the kind it fills
+DUMMIES = {
+    "register_attention_types": DummyType,
+    "register_backbones": DummyBackbone,
+    "register_datamodules": DummyDataModule,
+}
 
 
 def plugin_adding(hook: str, *names: str) -> object:
-    """Build a plugin object whose ``hook`` adds ``names`` (each mapped to DummyType)."""
+    """Build a plugin object whose ``hook`` adds ``names`` (each mapped to the stand-in of its kind)."""
 
     class Plugin:
         pass
 
     def impl(registry: KindRegistry) -> None:
         for n in names:
-            registry.add(n, DummyType)
+            registry.add(n, DUMMIES.get(hook, DummyType))
 
     impl.__name__ = hook
     setattr(Plugin, hook, staticmethod(hookimpl(impl)))
@@ -352,20 +376,20 @@ def test_plugin_errors_live_in_errors_and_are_re_exported() -> None:
 def test_duplicate_message_points_at_the_block_variable() -> None:
     kind = KindRegistry("backbone")
     with kind.registering_as(Provider("dist-a", "1", "a_mod", "a")):
-        kind.add("x", DummyType)
+        kind.add("x", DummyBackbone)
     with pytest.raises(DuplicateRegistrationError, match=rf"dist-a 1 \(a_mod\).*{BLOCK_ENV}=") as err:
-        kind.add("x", DummyType)
+        kind.add("x", DummyBackbone)
     assert err.value.providers == ("(in-process) (direct registry.add)", "dist-a 1 (a_mod)")
 
 
 def test_registering_as_rolls_back_a_failed_block() -> None:
     kind = KindRegistry("datamodule")
-    kind.add("kept", DummyType)
+    kind.add("kept", DummyDataModule)
     with pytest.raises(RuntimeError), kind.registering_as(Provider("d", "", "m")):
-        kind.add("dropped", DummyType)
+        kind.add("dropped", DummyDataModule)
         raise RuntimeError("hook failed")
     assert kind.names() == ["kept"]
-    kind.add("after", DummyType)  # the provider is reset after the block
+    kind.add("after", DummyDataModule)  # the provider is reset after the block
     assert kind["after"].distribution == "(in-process)"
 
 

@@ -399,6 +399,8 @@ def test_unknown_attention_type_in_region() -> None:
 
 
 def test_installed_attention_types_are_accepted() -> None:
+    from canvas_engineering.plugins.attention.dot_product import CrossAttention
+
     from canvas_engineering.plugin_host.host import (
         KindRegistry,
         get_registry,
@@ -411,7 +413,7 @@ def test_installed_attention_types_are_accepted() -> None:
         @staticmethod
         @hookimpl
         def register_attention_types(registry: KindRegistry) -> None:
-            registry.add("my_plugin_attn", object)
+            registry.add("my_plugin_attn", CrossAttention)  # the kind refuses anything but an AttentionType
 
     assert "my_plugin_attn" not in get_registry().attention_types
     name = register_plugin(MyPluginAttn(), name="test-validation-my-plugin-attn")  # installs the type

@@ -6,6 +6,15 @@ the sharpening factor ``beta``; it returns updates for the queries. It must neve
 query receive information from a key the mask blocks. Score-based types use connection
 weights as log-weight biases on their scores (``weight=0.5`` halves a key's unnormalised
 mass) and multiply logits by ``beta``; the others scale their outputs by the weights.
+
+Registering a type: ``registry.add(name, cls)`` in a ``register_attention_types`` hook. This
+module installs the registry's check for the kind (``"attention type"``): ``cls`` must be a
+concrete subclass of :class:`AttentionType`, anything else is refused when it is added.
+
+Precision: every type runs under ``torch.autocast`` (CPU bfloat16/float16, CUDA) and as a module
+converted with ``module.to(dtype)``. Tokens of one floating dtype given to a module whose
+weights are another, outside autocast, are refused by :func:`check_input_dtype` with a
+:class:`~canvas_engineering.errors.PrecisionError` naming both dtypes.
 """
 
 from __future__ import annotations
@@ -18,10 +27,52 @@ from einops import rearrange
 from torch import nn
 
 from canvas_engineering.compilation.attention_mask import AttentionMask
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import CanvasValidationError, PrecisionError
+from canvas_engineering.plugin_host.registry import class_rule, set_kind_check
 from canvas_engineering.validation import is_int
 
-__all__ = ["AttentionType", "QKVAttentionType"]
+__all__ = ["AttentionType", "QKVAttentionType", "check_input_dtype", "weight_dtype"]
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype | None:
+    """Return the dtype of ``module``'s first floating-point parameter (``None``: it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_input_dtype(x: torch.Tensor, module: nn.Module, where: str, what: str = "tokens") -> None:
+    """Refuse ``x`` when its dtype cannot run through ``module`` (call at a public entry, before any work).
+
+    ``x`` must be a floating-point tensor. Outside ``torch.autocast`` (for ``x``'s device) its
+    dtype must also be the dtype of ``module``'s weights: PyTorch would otherwise fail deep
+    inside with a bare dtype error. Under autocast any floating dtype is accepted (autocast
+    casts each operation).
+
+    Args:
+        x: the input tensor.
+        module: the module it is given to.
+        where: the entry point, for the message (``"CanvasAttention"``).
+        what: what ``x`` is, for the message (``"tokens"``, ``"region 'video' data"``).
+
+    Raises:
+        PrecisionError: ``x`` is not floating point, or its dtype differs from the weights' outside
+            autocast; the message names both dtypes and what to use.
+
+    """
+    if not x.is_floating_point():
+        msg = f"{where}: {what} must be a floating-point tensor, got {x.dtype}; convert with .float()"
+        raise PrecisionError(msg)
+    weights = weight_dtype(module)
+    if weights is None or x.dtype == weights or torch.is_autocast_enabled(x.device.type):
+        return
+    msg = (
+        f"{where}: {what} are {x.dtype} but the module's weights are {weights}; run it under "
+        f"torch.autocast({x.device.type!r}, dtype={x.dtype}), convert the module with module.to({x.dtype}), "
+        f"or pass {weights} {what}"
+    )
+    raise PrecisionError(msg)
 
 
 class AttentionType(nn.Module, ABC):
@@ -88,3 +139,11 @@ class QKVAttentionType(AttentionType):
     def qkv(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected (B, H, n, hd) queries, keys and values."""
         return self.heads(self.q_proj(queries)), self.heads(self.k_proj(keys)), self.heads(self.v_proj(keys))
+
+
+def _attention_type_rule(obj: object) -> str | None:
+    """Registry check of the ``"attention type"`` kind: a concrete :class:`AttentionType` subclass."""
+    return class_rule(obj, AttentionType, "canvas_engineering.AttentionType", "cls(d_model=..., n_heads=..., **config)")
+
+
+set_kind_check("attention type", _attention_type_rule)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from canvas_engineering.attention.attention_type import check_input_dtype
 from canvas_engineering.compilation.attention_mask import AttentionMask, check_kernel
 from canvas_engineering.compilation.compiler import AttentionPlan, compile_topology, position_coords
 from canvas_engineering.declare.layout import CanvasLayout
@@ -218,6 +219,7 @@ class CanvasAttention(nn.Module):
         if x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.d_model:
             msg = f"CanvasAttention expects tokens of shape (B, {n}, {self.d_model}), got {tuple(x.shape)}"
             raise CanvasValidationError(msg)
+        check_input_dtype(x, self, "CanvasAttention")  # a named PrecisionError, not a bare dtype error deep inside
         if len(self.groups) == 1 and self.groups[0].q_range == (0, n):
             return self.groups[0](x, beta).to(x.dtype)  # one group over every position, in order
         if len(self.groups) == 1:  # positions of one group are distinct: copy, nothing to add

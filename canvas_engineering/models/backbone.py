@@ -6,6 +6,12 @@ its looped blocks are :class:`~canvas_engineering.models.looped.LoopedBlockWrapp
 curriculum and sharpening callbacks drive them through this one interface:
 :attr:`looped_blocks`, :attr:`max_loops`, :meth:`set_loops` and :meth:`set_betas`.
 
+Registering a backbone: ``registry.add(name, factory)`` in a ``register_backbones`` hook, where
+``factory(layout, topology, **config)`` returns the module. This module installs the registry's
+check for the kind (``"backbone"``): a class must be a concrete :class:`CanvasBackbone`
+subclass; any other object must be callable and not a built module (register its class or a
+factory). Anything else is refused when it is added.
+
 .. versionadded:: 0.1.0
 """
 
@@ -19,6 +25,7 @@ from torch import nn
 
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.models.looped import LoopedBlockWrapper
+from canvas_engineering.plugin_host.registry import class_rule, describe_object, set_kind_check
 from canvas_engineering.validation import check_int, positive_finite_numbers
 
 __all__ = ["CanvasBackbone"]
@@ -93,3 +100,18 @@ class CanvasBackbone(nn.Module, ABC):
     @abstractmethod
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """Map canvas tokens ``(B, N, d_model)`` at diffusion ``timestep`` ``(B,)`` to ``(B, N, d_model)``."""
+
+
+def _backbone_rule(obj: object) -> str | None:
+    """Registry check of the ``"backbone"`` kind: a concrete ``CanvasBackbone`` class or a factory function."""
+    if isinstance(obj, type):
+        return class_rule(obj, CanvasBackbone, "canvas_engineering.CanvasBackbone", "cls(layout, topology, **config)")
+    wanted = "must be a factory(layout, topology, **config) returning an nn.Module, or a CanvasBackbone subclass"
+    if isinstance(obj, nn.Module):
+        return f"{wanted}; got {describe_object(obj)}, an already built module (register its class or a factory)"
+    if not callable(obj):
+        return f"{wanted}; got {describe_object(obj)}, which is not callable"
+    return None
+
+
+set_kind_check("backbone", _backbone_rule)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from canvas_engineering.attention.attention_type import check_input_dtype
 from canvas_engineering.attention.canvas_attention import CanvasAttention, resolve_plan
 from canvas_engineering.attention.kernels import KERNELS, Kernel
 from canvas_engineering.compilation.compiler import AttentionPlan, compile_topology
@@ -265,8 +266,17 @@ class CanvasDiT(CanvasBackbone):
             nn.init.zeros_(linear.bias)
 
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
-        """Predict ``(B, N, d)`` from canvas content ``tokens (B, N, d)`` at ``timestep`` (``(B,)`` or scalar)."""
+        """Predict ``(B, N, d)`` from canvas content ``tokens (B, N, d)`` at ``timestep`` (``(B,)`` or scalar).
+
+        Runs under ``torch.autocast`` and as a module converted with ``module.to(dtype)``.
+
+        Raises:
+            CanvasValidationError: ``tokens`` or ``timestep`` has the wrong shape.
+            PrecisionError: ``tokens`` are not floating point, or (outside autocast) not of the weights' dtype.
+
+        """
         self.canvas.check_canvas(tokens)
+        check_input_dtype(tokens, self, "CanvasDiT")
         x = self.canvas.encode(self.input_proj(tokens))  # (B, N, d)
         batch = x.shape[0]
         timestep = torch.as_tensor(timestep, device=x.device)

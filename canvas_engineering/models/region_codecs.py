@@ -9,6 +9,11 @@ A batch is a dict keyed by region name. Each region declares a :class:`RegionFor
 * ``"action"``: like ``"vector"``, decoded by an :class:`~canvas_engineering.ActionHead` (MLP).
 
 Datamodules publish ``region_formats`` so a model knows which tensor feeds which region.
+
+Precision: the codecs run under ``torch.autocast`` and as modules converted with
+``module.to(dtype)`` (Lightning's ``bf16-true``/``64-true``). Outside autocast, a tensor whose
+floating dtype differs from the codec's weights (or a non-floating one) is refused on entry
+with a :class:`~canvas_engineering.errors.PrecisionError` naming the region and both dtypes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from canvas_engineering.attention.attention_type import check_input_dtype
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.validation import check_choice, is_int
@@ -101,7 +107,13 @@ class RegionEncoder(nn.Module):
         self.d = d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, *expected_shape) -> (B, t*h*w, d)."""
+        """(B, *expected_shape) -> (B, t*h*w, d).
+
+        Raises:
+            PrecisionError: ``x`` is not floating point, or (outside autocast) not of the weights' dtype.
+
+        """
+        check_input_dtype(x, self, "RegionEncoder", f"region {self.name!r} data")
         if self.fmt.kind == "patches":
             p = self.fmt.patch_size
             patches = rearrange(x, "b t c (h p) (w q) -> b (t h w) (c p q)", p=p, q=p)
@@ -128,7 +140,13 @@ class RegionDecoder(nn.Module):
             self.proj = ActionHead(self.h * self.w * d, action_dim=fmt.dim, pool="none")
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, t*h*w, d) -> (B, *expected_shape)."""
+        """(B, t*h*w, d) -> (B, *expected_shape).
+
+        Raises:
+            PrecisionError: ``tokens`` are not floating point, or (outside autocast) not of the weights' dtype.
+
+        """
+        check_input_dtype(tokens, self, "RegionDecoder", f"region {self.name!r} tokens")
         if self.fmt.kind == "patches":
             p = self.fmt.patch_size
             pix = self.proj(tokens)

@@ -18,7 +18,10 @@ Every hook is a *registrar*: it receives a typed registry and calls ``registry.a
 obj)``; nothing is returned. An implementation may accept a subset of the arguments.
 Hooks are called once, when the plugin registry is first used (lazily, never at import),
 in plugin load order; a hook that raises is reported as a ``PluginLoadWarning`` naming its
-distribution and entry point, and skipped.
+distribution and entry point, and skipped. ``registry.add`` refuses an object of the wrong
+kind (each hook below says what its kind is) with a ``PluginRegistrationError``, so such a
+hook is reported and skipped the same way; ``register_plugin`` calls an in-process plugin's
+hooks once more, at registration, and raises that error there.
 
 This module is the plugin contract only: it imports nothing from canvas-engineering at
 run time (the plugin host imports it, never the other way round).
@@ -69,7 +72,8 @@ def register_attention_types(registry: KindRegistry) -> None:
     ``cls(d_model=..., n_heads=..., **config)``.
 
     :param registry: the attention-type registry; ``add`` refuses a name another plugin
-        already provides, naming both sources.
+        already provides, naming both sources, and anything but a concrete ``AttentionType``
+        subclass (a function, an instance, an abstract class).
     :return: nothing (collect-all hook; return values are ignored).
     """
 
@@ -82,9 +86,11 @@ def register_backbones(registry: KindRegistry) -> None:
     """Register backbones (networks over canvas tokens).
 
     Called once when the plugin registry is first built. Call ``registry.add(name,
-    factory)`` where ``factory(layout, topology, **config)`` returns an ``nn.Module``.
+    factory)`` where ``factory(layout, topology, **config)`` returns an ``nn.Module``
+    (usually a ``canvas_engineering.CanvasBackbone``).
 
-    :param registry: the backbone registry.
+    :param registry: the backbone registry; ``add`` refuses an object that is not callable,
+        an ``nn.Module`` instance, and a class that is not a concrete ``CanvasBackbone``.
     :return: nothing.
     """
 
@@ -100,6 +106,7 @@ def register_datamodules(registry: KindRegistry) -> None:
     where ``cls`` subclasses ``lightning.LightningDataModule`` and yields dict batches keyed
     by region name.
 
-    :param registry: the datamodule registry.
+    :param registry: the datamodule registry; ``add`` refuses anything but a concrete
+        ``lightning.pytorch.LightningDataModule`` subclass.
     :return: nothing.
     """

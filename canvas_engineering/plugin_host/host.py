@@ -30,7 +30,11 @@ entry point, each inside its own ``try``; a plugin that fails to import, fails v
 whose hook raises is reported as a :class:`PluginLoadWarning` naming its distribution,
 version and entry point, and the others still load. Every registered name records the
 distribution, version and entry point that provided it; a name provided twice is refused
-with a :class:`DuplicateRegistrationError` naming both providers.
+with a :class:`DuplicateRegistrationError` naming both providers. An object of the wrong
+kind (see :func:`~canvas_engineering.plugin_host.registry.set_kind_check`) is refused when it
+is added: a :class:`PluginLoadWarning` naming the distribution, and that hook's registrations
+are skipped. :func:`register_plugin` runs an in-process plugin's hooks once against empty
+registries, so it raises :class:`PluginRegistrationError` for such an object at once.
 
 Environment variables (read when a host loads):
 
@@ -165,6 +169,28 @@ def _ordered(impls: list[Any]) -> list[Any]:
     """Non-wrapper hookimpls in load order, tryfirst ones first and trylast ones last."""
     plain = [i for i in impls if not (i.hookwrapper or i.wrapper)]
     return sorted(plain, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
+
+
+def _try_hooks(pm: pluggy.PluginManager, plugin: object, provider: Provider) -> None:
+    """Call ``plugin``'s registrar hooks against empty kinds; raise what a kind refuses.
+
+    Raises:
+        PluginRegistrationError: a hook added an empty name or an object of the wrong kind.
+
+    """
+    scratch = PluginRegistry()
+    for hook_name in PluginRegistry.HOOKS:
+        kind = scratch.kind_for_hook(hook_name)
+        for impl in _ordered(getattr(pm.hook, hook_name).get_hookimpls()):
+            if impl.plugin is not plugin:
+                continue
+            try:
+                with kind.registering_as(provider):
+                    impl.function(**{a: kind for a in impl.argnames if a == "registry"})
+            except PluginRegistrationError:
+                raise
+            except Exception:  # any other failure is reported when the kind fills, as for every plugin
+                continue
 
 
 class PluginHost:
@@ -347,8 +373,14 @@ class PluginHost:
         Its entries record the distribution ``"(in-process)"``. Survives :meth:`reset`
         until :meth:`unregister`.
 
+        Its hooks are called once here, against empty registries, so a registration that a
+        kind refuses (an empty name, an object of the wrong kind) raises now, naming the
+        plugin and the rule, and the plugin is not registered. Any other failure of a hook is
+        left to the normal fill, which reports it as a :class:`PluginLoadWarning`.
+
         Raises:
-            PluginRegistrationError: the name or the plugin object is already registered.
+            PluginRegistrationError: the name or the plugin object is already registered, or a
+                hook registers something its kind refuses.
             pluggy.PluginValidationError: a hookimpl does not match its hookspec or names an
                 unknown hook.
 
@@ -363,7 +395,14 @@ class PluginHost:
                 taken = pm.get_name(plugin) or name
                 msg = f"plugin {taken!r} is already registered (by {self._providers.get(taken, 'pluggy')})"
                 raise PluginRegistrationError(msg)
-            self._add(pm, plugin, name, _in_process_provider(name))
+            provider = _in_process_provider(name)
+            self._add(pm, plugin, name, provider)
+            try:
+                _try_hooks(pm, plugin, provider)
+            except PluginRegistrationError:
+                pm.unregister(plugin)
+                del self._providers[name]
+                raise
             self._in_process[name] = plugin
             self._registry = None
             return name

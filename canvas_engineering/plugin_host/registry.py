@@ -6,6 +6,20 @@ types, backbones, datamodules). A hook receives the kind registry and calls
 version, entry point) is registering, refuses a name provided twice naming both
 providers, and lists the available names when an unknown one is requested.
 
+Every kind has a *check* that ``add`` runs before recording a name: an object of the wrong
+kind (a function registered as an attention type, a backbone class that is no
+``CanvasBackbone``, a datamodule that is no ``LightningDataModule``) is refused there with a
+:class:`PluginRegistrationError` naming the kind, the name, the provider and the rule, so it
+never fails later, far from the plugin that registered it. The plugin host turns that error
+into a :class:`PluginLoadWarning` naming the distribution and skips the hook's registrations;
+in-process :func:`register_plugin` raises it.
+
+The kinds are defined above this layer (``AttentionType`` in the attention layer,
+``CanvasBackbone`` in the models layer), so their layers install the checks with
+:func:`set_kind_check` when they are imported (importing ``canvas_engineering`` imports
+both). The datamodule kind is Lightning's ``LightningDataModule``, not a canvas-engineering
+class: its check lives here and imports Lightning only when a datamodule is added.
+
 Foundation layer: imports nothing from canvas-engineering except :mod:`.errors`. The
 plugin host (:mod:`canvas_engineering.plugin_host.host`) fills these registries; a registry
 can also be built by hand (tests, applications that compose their own).
@@ -15,6 +29,7 @@ can also be built by hand (tests, applications that compose their own).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +37,18 @@ from typing import Any, Final
 
 from canvas_engineering.errors import DuplicateRegistrationError, PluginRegistrationError, UnknownPluginError
 
-__all__ = ["IN_PROCESS", "KindRegistry", "PluginEntry", "PluginRegistry", "Provider"]
+__all__ = [
+    "IN_PROCESS",
+    "KindCheck",
+    "KindRegistry",
+    "PluginEntry",
+    "PluginRegistry",
+    "Provider",
+    "class_rule",
+    "describe_object",
+    "kind_check",
+    "set_kind_check",
+]
 
 #: Distribution recorded for plugins registered in-process (not through an entry point).
 IN_PROCESS: Final = "(in-process)"
@@ -63,6 +89,84 @@ class Provider:
 
 #: The provider recorded by a direct ``KindRegistry.add`` outside any hook.
 DIRECT_PROVIDER: Final = Provider(IN_PROCESS, "", "direct registry.add")
+
+
+# -- kind checks ------------------------------------------------------------------------
+
+#: ``check(obj)``: the rule ``obj`` breaks for its kind, as a sentence naming what it got,
+#: or ``None`` when ``obj`` is of the kind.
+KindCheck = Callable[[Any], "str | None"]
+
+# kind name -> its check; filled by the layers that define the kinds (see set_kind_check)
+_KIND_CHECKS: dict[str, KindCheck] = {}
+
+
+def set_kind_check(kind: str, check: KindCheck | None) -> None:
+    """Install the check every ``KindRegistry(kind).add`` runs (``None`` removes it).
+
+    Called by the layer that defines a kind, when it is imported: the attention layer for
+    ``"attention type"``, the models layer for ``"backbone"``. A later call replaces the check.
+
+    Args:
+        kind: the kind's name, as in ``KindRegistry(kind)``.
+        check: returns the broken rule (naming what it got) or ``None`` when the object fits.
+
+    """
+    if check is None:
+        _KIND_CHECKS.pop(kind, None)
+    else:
+        _KIND_CHECKS[kind] = check
+
+
+def kind_check(kind: str) -> KindCheck | None:
+    """Return the check installed for ``kind`` (``None``: anything is accepted)."""
+    return _KIND_CHECKS.get(kind)
+
+
+def describe_object(obj: Any) -> str:
+    """Name ``obj`` for a refusal: ``"the class pkg.Cls"``, ``"the function pkg.f"``, ``"an instance of pkg.Cls"``."""
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    if inspect.isroutine(obj):
+        return f"the function {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    cls = type(obj)
+    shown = repr(obj)
+    value = f" ({shown})" if len(shown) <= 60 and "\n" not in shown else ""  # short one-line values only
+    return f"an instance of {cls.__module__}.{cls.__qualname__}{value}"
+
+
+def class_rule(obj: Any, base: type, base_name: str, built_as: str) -> str | None:
+    """Return the rule ``obj`` breaks as a concrete subclass of ``base``, or ``None``.
+
+    Args:
+        obj: the registered object.
+        base: the class it must derive from.
+        base_name: how messages name ``base`` (``"canvas_engineering.AttentionType"``).
+        built_as: how the registry builds it (``"cls(d_model=..., n_heads=..., **config)"``).
+
+    """
+    wanted = f"must be a concrete subclass of {base_name} (built as {built_as})"
+    if not isinstance(obj, type):
+        return f"{wanted}; got {describe_object(obj)}"
+    if not issubclass(obj, base):
+        return f"{wanted}; got {describe_object(obj)}, which does not derive from {base_name}"
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        return f"{wanted}; got {describe_object(obj)}, which is abstract (does not implement {missing})"
+    return None
+
+
+def _datamodule_rule(obj: Any) -> str | None:
+    """Check a datamodule: a concrete ``lightning.pytorch.LightningDataModule`` subclass."""
+    try:
+        # imported here, when a datamodule is added: the registry itself never needs Lightning
+        from lightning.pytorch import LightningDataModule
+    except ImportError:
+        return "needs lightning, which is not installed: pip install 'canvas-engineering[train]'"
+    return class_rule(obj, LightningDataModule, "lightning.pytorch.LightningDataModule", "cls(**config)")
+
+
+set_kind_check("datamodule", _datamodule_rule)
 
 
 @dataclass(frozen=True)
@@ -109,13 +213,20 @@ class KindRegistry:
         """Register ``obj`` under ``name``, recording the plugin that is registering.
 
         Raises:
-            PluginRegistrationError: ``name`` is not a non-empty string (a ``ValueError``).
+            PluginRegistrationError: ``name`` is not a non-empty string, or ``obj`` is not of this
+                kind (the kind's check, see :func:`set_kind_check`; the message names the
+                provider and the rule). A ``ValueError``.
             DuplicateRegistrationError: ``name`` is already registered (names both providers).
 
         """
         p = self._provider
         if not isinstance(name, str) or not name:
             msg = f"{self.kind} name must be a non-empty string, got {name!r} from {p}"
+            raise PluginRegistrationError(msg)
+        check = kind_check(self.kind)
+        broken = check(obj) if check is not None else None
+        if broken is not None:
+            msg = f"{self.kind} {name!r} from {p.describe()} is refused: it {broken}"
             raise PluginRegistrationError(msg)
         if name in self._entries:
             raise DuplicateRegistrationError(self.kind, name, str(p), self._entries[name].provider)

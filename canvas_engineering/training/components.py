@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from canvas_engineering.errors import IncompatibleModelError
 from canvas_engineering.models.region_codecs import RegionDecoder, RegionEncoder, RegionFormat
 from canvas_engineering.plugin_host.host import PluginRegistry
 from canvas_engineering.program import CanvasProgram
@@ -56,6 +57,8 @@ def build_backbone(
 
     Raises:
         UnknownPluginError: no backbone of that name is registered (lists the available ones).
+        IncompatibleModelError: its factory returned something that is not an ``nn.Module``
+            (names the backbone and the distribution that registered it).
 
     """
     kwargs = dict(config or {})
@@ -65,4 +68,12 @@ def build_backbone(
     write_modes = backbone_write_modes(program.execution_write_modes())
     if write_modes is not None:
         kwargs.setdefault("write_modes", write_modes)
-    return registry.backbones[name].obj(program.schema.layout, program.execution_topology(), **kwargs)
+    entry = registry.backbones[name]
+    backbone = entry.obj(program.schema.layout, program.execution_topology(), **kwargs)
+    if not isinstance(backbone, nn.Module):
+        msg = (
+            f"backbone {name!r} from {entry.provider}: its factory returned {type(backbone).__qualname__}, "
+            "not an nn.Module (a backbone factory must return the module, e.g. a CanvasBackbone)"
+        )
+        raise IncompatibleModelError(msg)
+    return backbone

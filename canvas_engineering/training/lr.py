@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import CanvasValidationError, PrecisionError
 
 __all__ = ["WarmupCosine", "adamw_with_schedule"]
 
@@ -51,9 +51,22 @@ def adamw_with_schedule(
 
     Raises:
         CanvasValidationError: a cosine decay without a finite run length.
+        PrecisionError: a trainable parameter is float16 (Lightning's ``"16-true"``, or
+            ``module.half()``): AdamW's ``eps`` (1e-8) underflows to 0 in float16, so a weight
+            whose gradient is 0 becomes NaN on the first step. The message names the precisions
+            that train.
 
     """
     params = [p for p in parameters if p.requires_grad]
+    half = [p for p in params if p.dtype == torch.float16]
+    if half:
+        msg = (
+            f"AdamW cannot train float16 weights ({len(half)} of {len(params)} trainable parameters are "
+            "torch.float16, e.g. from precision='16-true' or module.half()): its eps=1e-8 underflows to 0 in "
+            "float16 and the first step turns weights to NaN. Use precision='bf16-true' (bfloat16 weights), "
+            "'16-mixed' or 'bf16-mixed' (float32 weights, half-precision compute), or '32-true'"
+        )
+        raise PrecisionError(msg)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": hparams["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]

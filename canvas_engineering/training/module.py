@@ -158,7 +158,8 @@ class CanvasModule(pl.LightningModule):
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Encode and place every region: (B, N, d_model) clean canvas (constants fixed, frozen detached)."""
-        canvas = self.canvas.create_empty(self.validate_batch(batch), device=self.device)
+        # in the weights' dtype: under bf16-true/64-true the data is cast to it before the codecs
+        canvas = self.canvas.create_empty(self.validate_batch(batch), device=self.device, dtype=self.dtype)
         if self.constant_canvas is not None:
             canvas = canvas + self.constant_canvas.to(canvas.dtype)
         for encoder in self.encoders.values():

@@ -411,11 +411,36 @@ class LeRobotSource(EpisodeSource):
         self._episodes["row"] = starts
         for name, storage in self.storage.items():
             if storage == "video":
-                for path in np.unique(self._episodes[f"video:{name}"]):
-                    if not Path(path).is_file():
-                        ep = int(self._episodes["index"][np.argmax(self._episodes[f"video:{name}"] == path)])
-                        msg = f"{path}: missing video of feature {name!r} (episode {ep})"
-                        raise EpisodeDataError(msg, path=path, episode=ep, feature=name)
+                self._check_videos(name)
+
+    def _check_videos(self, name: str) -> None:
+        """Every video file exists and holds the frames its episodes' tables need (headers only)."""
+        import av
+
+        paths = self._episodes[f"video:{name}"]
+        end = np.round(self._episodes[f"from:{name}"] * self.fps).astype(np.int64) + self._episodes["length"]
+        for path in np.unique(paths):
+            in_file = np.flatnonzero(paths == path)
+            last = in_file[np.argmax(end[in_file])]
+            ep = int(self._episodes["index"][last])
+            if not Path(path).is_file():
+                msg = f"{path}: missing video of feature {name!r} (episode {ep})"
+                raise EpisodeDataError(msg, path=path, episode=ep, feature=name)
+            try:
+                with av.open(str(path)) as container:
+                    stream = container.streams.video[0]
+                    have = int(stream.frames)
+                    if have == 0 and stream.duration is not None:  # no frame count in the header
+                        have = int(round(float(stream.duration * stream.time_base) * self.fps))
+            except (OSError, IndexError, ValueError) as err:
+                msg = f"{path}: cannot open video of feature {name!r} ({err})"
+                raise EpisodeDataError(msg, path=path, episode=ep, feature=name) from None
+            if have and have < int(end[last]):
+                msg = (
+                    f"{path}: video shorter than its table: {have} frames, episode {ep} of feature {name!r} "
+                    f"needs {int(end[last])}"
+                )
+                raise EpisodeDataError(msg, path=path, episode=ep, feature=name)
 
     # -- EpisodeSource --------------------------------------------------------------------------
 
@@ -441,14 +466,15 @@ class LeRobotSource(EpisodeSource):
         storage = self.storage[feature]
         if storage == "video":
             path = str(self._episodes[f"video:{feature}"][episode])
-            from_ts = float(self._episodes[f"from:{feature}"][episode])
+            # decode only the window's frames: seek to its first frame (the episode's offset in the file + start)
+            from_ts = float(self._episodes[f"from:{feature}"][episode]) + start / self.fps
             try:
-                frames = decode_video_segment(path, from_ts, n, self.fps)
+                frames = decode_video_segment(path, from_ts, max(stop - start, 0), self.fps)
             except EpisodeDataError as err:
                 ep = int(self._episodes["index"][episode])
                 msg = f"{err} (episode {ep}, feature {feature!r})"
                 raise EpisodeDataError(msg, path=path, episode=ep, feature=feature) from None
-            x = image_frames(frames[start:stop:step])
+            x = image_frames(frames[::step])
             spec = self.features[feature].shape
             if x.shape[1:] != spec:
                 msg = f"{self.where(episode, feature)}: decoded frames are {x.shape[1:]}, info.json says {spec}"

@@ -90,6 +90,18 @@ def test_cartpole_control_quick(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "episode return" in capsys.readouterr().out
 
 
+def test_episodes_to_canvas_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("pyarrow")
+    result = load("examples", "episodes_to_canvas").main(["--quick", "--out", str(tmp_path)])
+    root = Path(result["root"])
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 50
+    assert list((root / "videos" / "observation.images.top").rglob("*.mp4"))
+    assert finite(result["metrics"]["test/loss"], *result["mse"]["observation.state"])
+    assert "held-out episodes" in capsys.readouterr().out
+
+
 def test_cartpole_plan_schema_wiring() -> None:
     """The plan region is latent (no format), observations are context, and no query sees a later frame."""
     pytest.importorskip("gymnasium")

@@ -334,3 +334,20 @@ def test_datamodule_plugin_names_resolve_to_classes() -> None:
     out = resolve_datamodule_names(["fit", "--data=cartpole", "--data", "episodes", "--data.root=x"], get_registry())
     assert out == ["fit", "--data=canvas_engineering.datamodules.cartpole.CartPoleDataModule", "--data",
                    "canvas_engineering.datamodules.episodes.EpisodeDataModule", "--data.root=x"]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_shards(folders: dict[str, Path], tmp_path: Path) -> None:
+    script = Path(__file__).parent / "episodes_ddp_fit.py"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, str(script), str(folders["v3.0"]), str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    firsts = [set(r["firsts"]) for r in ranks]
+    # each rank its own windows (DistributedSampler repeats at most world_size - 1 to even the shards)
+    assert firsts[0] and firsts[1] and len(firsts[0] & firsts[1]) <= 1
+    dm = EpisodeDataModule(root=str(folders["v3.0"]), history=3, horizon=2, normalize=False)
+    episodes, starts = dm.windows["train"]
+    assert firsts[0] | firsts[1] == set((100.0 * episodes + starts).tolist())  # together: every training window

@@ -8,17 +8,24 @@ the field, the offending value and the rule broken. ``sep`` is ``"="`` for keywo
 labels and ``" "`` for the prose style some declarations use (``period 0 must be ...``).
 
 ``bool`` is refused wherever a number is expected: ``True`` is an ``int`` to Python but is
-never a meaningful size, count or weight.
+never a meaningful size, count or weight. NumPy scalars are accepted wherever the Python
+number is (``np.int64`` as an int, ``np.float32`` as a float, ``np.bool_`` as a bool; never
+``np.bool_`` as a number), and the helpers return the Python value (``int``, ``float``,
+``bool``), so what they return serialises to JSON and indexes tensors like a literal.
 
-This module is in the foundation layer: it imports only :mod:`canvas_engineering.errors`.
+This module is in the foundation layer: it imports only :mod:`canvas_engineering.errors`
+(and NumPy, a dependency of the package).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import numpy as np
 
 from canvas_engineering.errors import CanvasError, CanvasValidationError
 
@@ -47,14 +54,26 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _T = TypeVar("_T")
 
 
+def _is_bool(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 def is_int(value: object) -> bool:
-    """Whether ``value`` is an ``int`` that is not a ``bool``."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether ``value`` is an integer (``int`` or a NumPy integer) that is not a ``bool``."""
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def is_finite_number(value: object) -> bool:
-    """Whether ``value`` is a finite ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite real number (``int``, ``float`` or a NumPy scalar of either), not a ``bool``.
+
+    An integer too large for a float (``10**400``) is not finite as a number.
+    """
+    if not isinstance(value, numbers.Real) or _is_bool(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _fail(error: ErrorFactory, field: str, sep: str, value: object, rule: str) -> CanvasError:
@@ -101,7 +120,7 @@ def check_int(
         sep: text between ``field`` and the value in the message.
 
     Returns:
-        ``value``.
+        ``int(value)`` (a NumPy integer becomes a Python ``int``).
 
     Raises:
         CanvasError: of the class ``error`` builds, naming ``field``, ``value`` and the rule.
@@ -111,7 +130,7 @@ def check_int(
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)  # type: ignore[operator]
     if not ok:
         raise _fail(error, field, sep, value, rule or _range_rule("an integer", minimum, maximum))
-    return value  # type: ignore[return-value]
+    return int(value)  # type: ignore[call-overload]  # a NumPy integer becomes a Python int
 
 
 def check_positive_int(
@@ -140,7 +159,7 @@ def check_finite_float(
     rule: str | None = None,
     sep: str = "=",
 ) -> float:
-    """Check that ``value`` is a finite number (int or float, not a bool) within optional bounds.
+    """Check that ``value`` is a finite number (int, float or NumPy scalar, not a bool) within optional bounds.
 
     Args:
         value: the value to check.
@@ -174,15 +193,18 @@ def check_finite_float(
 
 
 def check_bool(value: object, field: str, *, error: ErrorFactory = CanvasValidationError, sep: str = "=") -> bool:
-    """Check that ``value`` is a ``bool`` (``0`` / ``1`` are refused: they usually mean a mix-up).
+    """Check that ``value`` is a ``bool`` or ``np.bool_`` (``0`` / ``1`` are refused: they usually mean a mix-up).
+
+    Returns:
+        ``bool(value)``.
 
     Raises:
         CanvasError: of the class ``error`` builds, naming ``field`` and ``value``.
 
     """
-    if not isinstance(value, bool):
+    if not _is_bool(value):
         raise _fail(error, field, sep, value, "a bool")
-    return value
+    return bool(value)
 
 
 def check_name(
@@ -243,7 +265,7 @@ def check_choice(
 
     """
     try:
-        ok = any(value == option and isinstance(value, bool) == isinstance(option, bool) for option in options)
+        ok = any(bool(value == option) and _is_bool(value) == _is_bool(option) for option in options)
     except (TypeError, ValueError, RuntimeError):  # e.g. a tensor, whose == is elementwise
         ok = False
     if not ok:
@@ -255,12 +277,18 @@ def positive_finite_numbers(values: object, count: int) -> list[float] | None:
     """Return ``values`` as ``count`` floats, each finite and > 0, or ``None`` if they are not.
 
     Sharpening factors (betas) multiply attention logits: an infinite one turns every logit
-    into inf and the output into NaN, so finiteness is part of the rule.
+    into inf and the output into NaN, so finiteness is part of the rule. Each value is a
+    number (NumPy scalars included) or a one-element tensor; bools are refused.
     """
     try:
-        out = [float(v) for v in values]  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
         return None
-    if len(out) != count or not all(is_finite_number(v) and v > 0 for v in out):
-        return None
-    return out
+    out = []
+    for v in items:
+        if hasattr(v, "numel") and hasattr(v, "item") and v.numel() == 1:  # a 0-d / one-element tensor
+            v = v.item()
+        if not is_finite_number(v) or not float(v) > 0:
+            return None
+        out.append(float(v))
+    return out if len(out) == count else None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from canvas_engineering.attention.attention_type import check_input_dtype
+from canvas_engineering.attention.kernels import check_beta
 from canvas_engineering.compilation.attention_mask import AttentionMask, check_kernel
 from canvas_engineering.compilation.compiler import AttentionPlan, compile_topology, position_coords
 from canvas_engineering.declare.layout import CanvasLayout
@@ -214,7 +215,22 @@ class CanvasAttention(nn.Module):
             group.mask = self.plan.group_mask(group.indices, kernel)
 
     def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-        """Map canvas tokens (B, N, d_model) to attention updates (B, N, d_model)."""
+        """Map canvas tokens (B, N, d_model) to attention updates (B, N, d_model).
+
+        ``beta`` (finite, > 0) multiplies the attention logits. A non-finite token never
+        reaches a position the mask forbids from reading it: output position ``i`` is
+        non-finite exactly when a group whose output counts at ``i`` (the replace groups
+        where one writes ``i``, else the add and gate groups) has ``i`` as a query and either
+        ``i``'s own token is non-finite or ``i`` may read a non-finite token (see
+        :mod:`~canvas_engineering.attention.kernels`). Projections act per token, so this holds
+        for every softmax and score-based type.
+
+        Raises:
+            CanvasValidationError: tokens of the wrong shape, or ``beta`` not a finite number > 0.
+            PrecisionError: tokens whose dtype cannot run through the module.
+
+        """
+        beta = check_beta(beta, "CanvasAttention.forward")
         n = self.layout.num_positions
         if x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.d_model:
             msg = f"CanvasAttention expects tokens of shape (B, {n}, {self.d_model}), got {tuple(x.shape)}"

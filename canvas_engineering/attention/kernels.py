@@ -16,6 +16,17 @@ allowed key gets 0. What a kernel needs on a device (dense bias, tile biases, ``
 ``score_mod``) comes from the mask's :class:`~canvas_engineering.compilation.attention_mask.ViewCache`, so
 it is built once per (mask, device, dtype), not per call, and shared by every block running
 the same plan.
+
+Non-finite values are contained, in every kernel (:func:`softmax_attention` and
+:func:`score_attention`): output row ``i`` is non-finite exactly when a key ``i`` may read
+(class mask AND ``extra_mask``) has a non-finite key or value, or query ``i`` itself is
+non-finite; every other row is what the kernel computes from the finite values alone, and
+its gradients are finite. Without this, masked probabilities of 0 times a NaN value give NaN
+and tile/partition gathers hold keys a query may not read, so one NaN token spread to rows
+the mask forbids from reading it. Cost: one reduction over q, k and v per call (a device
+sync on GPU); only when it finds a non-finite value are the bad rows zeroed before the
+kernel and the rows that may read them (:meth:`AttentionMask.rows_reading`, from the class
+structure) set to NaN after it. Rows that may read a non-finite value are never hidden.
 """
 
 from __future__ import annotations
@@ -30,8 +41,17 @@ import torch.nn.functional as F
 from canvas_engineering.attention.partitioned import partitioned_attention
 from canvas_engineering.compilation.attention_mask import KERNELS, AttentionMask, ExtraMask, TilePlan, check_kernel
 from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.validation import check_finite_float
 
-__all__ = ["KERNELS", "SMALL_GROUP_PAIRS", "Kernel", "resolve_kernel", "score_attention", "softmax_attention"]
+__all__ = [
+    "KERNELS",
+    "SMALL_GROUP_PAIRS",
+    "Kernel",
+    "check_beta",
+    "resolve_kernel",
+    "score_attention",
+    "softmax_attention",
+]
 
 Kernel = Literal["auto", "flex", "partitioned", "tiled", "dense"]
 
@@ -39,6 +59,58 @@ Kernel = Literal["auto", "flex", "partitioned", "tiled", "dense"]
 #: Groups with at most this many (query, key) pairs run the dense kernel under "auto" on CPU:
 #: below it one fused SDPA call beats gathering tiles (measured by benchmarks/train.py).
 SMALL_GROUP_PAIRS = 1 << 16
+
+
+def check_beta(beta: object, where: str) -> float:
+    """Return the sharpening factor ``beta`` as a float if it is finite and > 0, else raise naming ``where``.
+
+    ``beta`` multiplies every logit: NaN or inf turns every output into NaN, 0 or less
+    flattens or inverts attention. A number (NumPy scalars included) or a one-element tensor.
+
+    Raises:
+        CanvasValidationError: ``beta`` is not a finite number > 0.
+
+    """
+    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
+        beta = beta.item()
+    return check_finite_float(beta, f"{where}: beta", minimum=0, open_min=True)
+
+
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether every value is finite, from one sum per tensor (NaN and inf survive a sum).
+
+    A sum that overflows to inf reads as "not finite" too; the caller then checks row by row.
+    """
+    total = None
+    for t in tensors:
+        t = t.detach()
+        part = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+        total = part if total is None else total + part
+    return bool(torch.isfinite(total))
+
+
+def _contained(
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    extra_mask: ExtraMask,
+) -> torch.Tensor:
+    """``run(q, k, v)``, with a non-finite value reaching exactly the rows allowed to read it (module docstring)."""
+    if _all_finite(q, k, v):
+        return run(q, k, v)
+    bad_q = ~torch.isfinite(q).all(-1)  # (B, H, nq)
+    bad_k = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # (B, H, nk)
+    if not bool(bad_q.any() | bad_k.any()):  # the sums overflowed; every value is finite
+        return run(q, k, v)
+    # zeroed, the bad rows cannot leak through 0-probability products or shared tiles (nor
+    # into gradients); masked_fill passes no gradient to what it replaced
+    q = q.masked_fill(bad_q[..., None], 0.0)
+    k = k.masked_fill(bad_k[..., None], 0.0)
+    v = v.masked_fill(bad_k[..., None], 0.0)
+    rows = bad_q | mask.rows_reading(bad_k, extra_mask)
+    return run(q, k, v).masked_fill(rows[..., None], float("nan"))
 
 
 def resolve_kernel(
@@ -86,27 +158,34 @@ def softmax_attention(
         k: (B, H, nk, hd) keys.
         v: (B, H, nk, hd) values.
         mask: the group's mask.
-        beta: sharpening factor multiplying the logits.
+        beta: sharpening factor multiplying the logits (finite, > 0).
         scale: logit scale (default ``hd ** -0.5``).
         kernel: overrides ``mask.kernel``.
         extra_mask: optional position-level mask ``(q_index, k_index) -> bool`` (group-local
             indices) ANDed with the class mask, e.g. a spatial window.
 
     Returns:
-        (B, H, nq, hd).
+        (B, H, nq, hd); a row is non-finite exactly when it may read a non-finite key or
+        value or its query is non-finite (see the module docstring).
+
+    Raises:
+        CanvasValidationError: ``beta`` is not a finite number > 0, an unknown kernel, flex
+            asked to train on the CPU, or ``"dense"`` over a group beyond the dense mask budget.
 
     """
-    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
+    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * check_beta(beta, "softmax_attention")
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     pairs = mask.num_queries * mask.num_keys
     name = resolve_kernel(kernel or mask.kernel, q.device, needs_grad, pairs, extra_mask is not None)
     if name == "dense":
-        return _dense(q, k, v, mask, scale, extra_mask)
-    if name == "partitioned":
-        return partitioned_attention(q, k, v, mask, scale)
-    if name == "flex":
-        return _flex(q, k, v, mask, scale, extra_mask)
-    return _tiled(q, k, v, mask, scale, extra_mask)
+        run = functools.partial(_dense, mask=mask, scale=scale, extra_mask=extra_mask)
+    elif name == "partitioned":
+        run = functools.partial(partitioned_attention, mask=mask, scale=scale)
+    elif name == "flex":
+        run = functools.partial(_flex, mask=mask, scale=scale, extra_mask=extra_mask)
+    else:
+        run = functools.partial(_tiled, mask=mask, scale=scale, extra_mask=extra_mask)
+    return _contained(run, q, k, v, mask, extra_mask)
 
 
 def _dense(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> torch.Tensor:
@@ -242,10 +321,19 @@ def score_attention(
     allowed tiles) or, for ``kernel="dense"``, on the full (nq, nk) view.
 
     Returns:
-        (B, H, nq, hd).
+        (B, H, nq, hd); non-finite values are contained as in :func:`softmax_attention`.
+
+    Raises:
+        CanvasValidationError: ``beta`` is not a finite number > 0, or ``"dense"`` over a group
+            beyond the dense mask budget.
 
     """
-    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * float(beta)
+    scale = (q.shape[-1] ** -0.5 if scale is None else scale) * check_beta(beta, "score_attention")
+    run = functools.partial(_scored, mask=mask, normalize=normalize, scale=scale, kernel=kernel, extra_mask=extra_mask)
+    return _contained(run, q, k, v, mask, extra_mask)
+
+
+def _scored(q, k, v, mask: AttentionMask, normalize: Normalizer, scale: float, kernel, extra_mask) -> torch.Tensor:
     name = kernel or mask.kernel
     if name == "dense":
         key = ("dense_weights", extra_mask, str(q.device), q.dtype)

@@ -7,7 +7,8 @@ The mask is class-structured (it depends only on each side's (region, frame) cla
 every view is a gather from a small table:
 
 * :meth:`~AttentionMask.dense_allowed` / :meth:`~AttentionMask.dense_weights` /
-  :meth:`~AttentionMask.additive_bias`: (nq, nk) views, for reference kernels and small groups;
+  :meth:`~AttentionMask.additive_bias`: (nq, nk) views, for reference kernels and small groups
+  (refused above :data:`DENSE_MASK_BUDGET` bytes unless a larger ``max_bytes`` is passed);
 * :meth:`~AttentionMask.class_view`: (Cq, Ck) weights between the classes present, for types
   that work on per-class summaries (linear, pooling, scans) and stay linear in N;
 * :meth:`~AttentionMask.tiles`: the non-empty (query block, key block) tiles, bucketed for
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCK_SIZES",
+    "DENSE_MASK_BUDGET",
     "FLEX_BLOCK_SIZE",
     "KERNELS",
     "AttentionMask",
@@ -47,6 +49,7 @@ __all__ = [
     "TilePlan",
     "ViewCache",
     "block_mask_from_tiles",
+    "check_dense_budget",
     "check_kernel",
 ]
 
@@ -56,6 +59,10 @@ KERNELS: tuple[str, ...] = ("auto", "flex", "partitioned", "tiled", "dense")
 BLOCK_SIZES = (32, 64, 128, 256)
 #: FlexAttention's block size
 FLEX_BLOCK_SIZE = 128
+#: Largest dense (nq, nk) mask a dense view builds by default: 2 GiB. A float32 canvas mask of
+#: more than ~23,000 positions (a bool one of ~46,000) is refused with a pointer to the block
+#: views, which never build N x N; every dense view takes ``max_bytes=`` to raise the budget.
+DENSE_MASK_BUDGET = 2 * 1024**3
 
 _T = TypeVar("_T")
 #: position-level extra mask ``(q_index, k_index) -> bool`` over group-local indices
@@ -73,6 +80,44 @@ def check_kernel(kernel: object, where: str) -> str:
         msg = f"{where}: kernel {kernel!r} must be one of {', '.join(KERNELS)}"
         raise CanvasValidationError(msg)
     return str(kernel)
+
+
+def check_dense_budget(
+    rows: int, cols: int, element_size: int, where: str, max_bytes: int, instead: str
+) -> None:
+    """Refuse a dense ``(rows, cols)`` view of ``element_size`` bytes per entry over ``max_bytes``.
+
+    Args:
+        rows: query count.
+        cols: key count.
+        element_size: bytes per entry (1 for bool, 4 for float32).
+        where: the method, for the message.
+        max_bytes: the budget (default :data:`DENSE_MASK_BUDGET` at every dense view).
+        instead: what to use instead, for the message.
+
+    Raises:
+        CanvasValidationError: the view would exceed the budget (the message gives both sizes,
+            the budget and what to use instead), or ``max_bytes`` is not a positive integer.
+
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        msg = f"{where}: max_bytes={max_bytes!r} must be a positive integer (bytes)"
+        raise CanvasValidationError(msg)
+    need = rows * cols * element_size
+    if need > max_bytes:
+        msg = (
+            f"{where}: a dense ({rows:,} x {cols:,}) mask needs {need:,} bytes ({need / 1024**3:.3g} GiB), over "
+            f"the dense mask budget max_bytes={max_bytes:,} (default DENSE_MASK_BUDGET = 2 GiB). "
+            f"Use {instead}, or pass a larger max_bytes"
+        )
+        raise CanvasValidationError(msg)
+
+
+#: what the messages of the group-level dense views point to
+_GROUP_INSTEAD = (
+    "the block plan (mask.tiles(block_size), mask.partitions(), mask.block_mask(device)) or "
+    "a kernel that never builds it ('auto', 'partitioned', 'tiled', 'flex')"
+)
 
 
 class ViewCache:
@@ -331,30 +376,50 @@ class AttentionMask:
 
     # -- dense views ---------------------------------------------------------------
 
-    def dense_weights(self) -> torch.Tensor:
-        """(nq, nk) weight, 0 where blocked (built on each call; see :meth:`dense_bias` for the cached view)."""
+    def dense_weights(self, max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(nq, nk) weight, 0 where blocked (built on each call; see :meth:`dense_bias` for the cached view).
+
+        Raises:
+            CanvasValidationError: the float32 view would exceed ``max_bytes`` (default 2 GiB).
+
+        """
+        check_dense_budget(
+            self.num_queries, self.num_keys, 4, "AttentionMask.dense_weights", max_bytes, _GROUP_INSTEAD
+        )
         return self.class_table.index_select(0, self.q_classes).index_select(1, self.k_classes)
 
-    def dense_allowed(self) -> torch.Tensor:
-        """(nq, nk) bool."""
-        return self.dense_weights() > 0
+    def dense_allowed(self, max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(nq, nk) bool (built through the float32 weights, so ``max_bytes`` counts 4 bytes per pair)."""
+        return self.dense_weights(max_bytes) > 0
 
-    def additive_bias(self) -> torch.Tensor:
+    def additive_bias(self, max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
         """(nq, nk) float: log weight where allowed, -inf where blocked."""
-        return self.dense_weights().log()
+        return self.dense_weights(max_bytes).log()
 
     def dense_bias(
-        self, device: torch.device | str, dtype: torch.dtype, extra_mask: ExtraMask = None
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        extra_mask: ExtraMask = None,
+        max_bytes: int = DENSE_MASK_BUDGET,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(bias (nq, nk), row_valid (nq,))`` on ``device``, cached per (device, dtype, extra mask).
 
         ``bias`` is the log weight, -inf where blocked, and 0 on rows with no allowed key
         (any finite row keeps softmax finite; ``row_valid`` (bool) marks the rows whose
         output counts). ``extra_mask(q_index, k_index) -> bool`` is ANDed with the class mask.
+
+        Raises:
+            CanvasValidationError: the view would exceed ``max_bytes`` (default 2 GiB; the
+                kernel ``"dense"`` builds it).
+
         """
+        check_dense_budget(
+            self.num_queries, self.num_keys, 4, "AttentionMask.dense_bias (kernel 'dense')", max_bytes, _GROUP_INSTEAD
+        )
 
         def build() -> tuple[torch.Tensor, torch.Tensor]:
-            weights = self.dense_weights()
+            weights = self.dense_weights(max_bytes)
             if extra_mask is not None:
                 q_idx, k_idx = torch.arange(self.num_queries)[:, None], torch.arange(self.num_keys)[None, :]
                 weights = weights * extra_mask(q_idx, k_idx)
@@ -364,6 +429,39 @@ class AttentionMask:
             return bias.to(device, dtype), valid.to(device)
 
         return self.cache.get(("dense_bias", _device_key(device), dtype, extra_mask), build)
+
+    def rows_reading(self, keys: torch.Tensor, extra_mask: ExtraMask = None) -> torch.Tensor:
+        """Query rows allowed to read at least one flagged key: ``keys`` (..., nk) bool -> (..., nq) bool.
+
+        What a non-finite key or value reaches: the kernels mark exactly these rows. From the
+        class structure (flagged keys counted per key class, one (C, C) product, a gather per
+        query), so O(nq + nk + C**2) per leading index; with ``extra_mask`` (position-level),
+        ANDed pair by pair for the flagged keys only, in chunks of bounded memory.
+
+        Raises:
+            CanvasValidationError: ``keys``'s last dimension is not ``nk``.
+
+        """
+        nq, nk = self.num_queries, self.num_keys
+        if keys.dim() < 1 or keys.shape[-1] != nk:
+            msg = f"AttentionMask.rows_reading: keys of shape {tuple(keys.shape)} must end in nk={nk}"
+            raise CanvasValidationError(msg)
+        lead = keys.shape[:-1]
+        flat = keys.reshape(-1, nk).to("cpu", torch.bool)
+        allowed = self.class_table > 0
+        if extra_mask is None:
+            per_class = torch.zeros(flat.shape[0], allowed.shape[1]).index_add_(1, self.k_classes, flat.float())
+            reads = (per_class @ allowed.T.float()) > 0  # (M, C): the query class reads a flagged key
+            out = reads[:, self.q_classes]
+        else:
+            out = torch.zeros(flat.shape[0], nq, dtype=torch.bool)
+            q_idx = torch.arange(nq)[:, None]
+            cols = flat.any(0).nonzero().squeeze(1)
+            for part in cols.split(max(1, (1 << 22) // max(nq, 1))):  # chunks of flagged keys, not positions
+                ok = allowed[self.q_classes[:, None], self.k_classes[part][None, :]]
+                ok = ok & extra_mask(q_idx, part[None, :]).to(torch.bool)
+                out |= (flat[:, part].float() @ ok.float().T) > 0
+        return out.reshape(*lead, nq).to(keys.device)
 
     @cached_property
     def row_has_key(self) -> torch.Tensor:

@@ -14,23 +14,34 @@ once per plan, so device views (``BlockMask``, biases) are built once per model 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
-from canvas_engineering.compilation.attention_mask import AttentionMask, ViewCache, block_mask_from_tiles, check_kernel
+from canvas_engineering.compilation.attention_mask import (
+    DENSE_MASK_BUDGET,
+    AttentionMask,
+    ViewCache,
+    block_mask_from_tiles,
+    check_dense_budget,
+    check_kernel,
+)
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.topology import CanvasTopology, Connection, TemporalFill, set_plan_compiler
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import CanvasValidationError, ConnectionValidationError
 from canvas_engineering.validation import check_int, is_int
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
 __all__ = [
+    "DENSE_MASK_BUDGET",
+    "MIN_MASK_WEIGHT",
     "AttentionPlan",
     "BlockView",
     "compile_additive_mask",
@@ -38,6 +49,20 @@ __all__ = [
     "compile_topology",
     "position_coords",
 ]
+
+
+#: Smallest non-zero weight a compiled mask may hold: ``2**-24``, the smallest positive float16.
+#: Declared weights are at least ``MIN_CONNECTION_WEIGHT`` (1e-4); only an ``INTERPOLATE``
+#: split with a large ``interpolation_order`` can go below, and a smaller share would vanish
+#: (silently disabling that frame's edge) in float16 views of the mask, so it is refused
+#: with a :class:`~canvas_engineering.errors.ConnectionValidationError` naming the connection.
+MIN_MASK_WEIGHT = 2.0**-24
+
+#: what the messages of the canvas-level dense views point to
+_PLAN_INSTEAD = (
+    "the block plan instead (plan.block_view(block_size), plan.block_mask(block_size, device), or "
+    "plan.group_mask(connections).tiles(block_size) / .partitions()), which never builds N x N"
+)
 
 
 @dataclass(frozen=True)
@@ -136,30 +161,44 @@ class AttentionPlan:
 
     # -- dense views (tests and compatibility) ---------------------------------------
 
-    def _gather(self, table: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    def _gather(self, table: torch.Tensor, device: str | torch.device, where: str, max_bytes: int) -> torch.Tensor:
+        n = self.num_positions
+        check_dense_budget(n, n, table.element_size(), f"AttentionPlan.{where}", max_bytes, _PLAN_INSTEAD)
         cls = self.class_ids.to(device)
         rows = table.to(device).index_select(0, cls)  # (N, C)
         return rows.index_select(1, cls)  # (N, N)
 
-    def dense_weights(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) float: weight where query i may attend key j, 0 where blocked."""
-        return self._gather(self.weight_table, device)
+    # Every dense view is refused above ``max_bytes`` (default DENSE_MASK_BUDGET, 2 GiB): at
+    # ~23,000 positions a float32 N x N mask already takes 2 GiB.
 
-    def dense_allowed(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) bool: query i may attend key j."""
-        return self._gather(self.allowed_table, device)
+    def dense_weights(self, device: str | torch.device = "cpu", max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(N, N) float: weight where query i may attend key j, 0 where blocked.
 
-    def additive_mask(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) float: 0 where allowed, -inf where blocked; a query with no allowed key attends itself."""
+        Raises:
+            CanvasValidationError: the mask would exceed ``max_bytes`` (default 2 GiB); the
+                message points to the block plan.
+
+        """
+        return self._gather(self.weight_table, device, "dense_weights", max_bytes)
+
+    def dense_allowed(self, device: str | torch.device = "cpu", max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(N, N) bool: query i may attend key j (refused above ``max_bytes``, see :meth:`dense_weights`)."""
+        return self._gather(self.allowed_table, device, "dense_allowed", max_bytes)
+
+    def additive_mask(self, device: str | torch.device = "cpu", max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(N, N) float: 0 where allowed, -inf where blocked; a query with no allowed key attends itself.
+
+        Refused above ``max_bytes`` (see :meth:`dense_weights`).
+        """
         table = torch.zeros(self.weight_table.shape).masked_fill(~self.allowed_table, float("-inf"))
-        out = self._gather(table, device)
+        out = self._gather(table, device, "additive_mask", max_bytes)
         lonely = (~self.allowed_table.any(1))[self.class_ids].nonzero().squeeze(1).to(device)
         out[lonely, lonely] = 0.0
         return out
 
-    def log_weight_bias(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """(N, N) float additive bias ``log(weight)``, -inf where blocked (weights as log-weight biases)."""
-        return self._gather(self.weight_table.log(), device)
+    def log_weight_bias(self, device: str | torch.device = "cpu", max_bytes: int = DENSE_MASK_BUDGET) -> torch.Tensor:
+        """(N, N) float additive bias ``log(weight)``, -inf where blocked (refused above ``max_bytes``)."""
+        return self._gather(self.weight_table.log(), device, "log_weight_bias", max_bytes)
 
     # -- block views ---------------------------------------------------------------
 
@@ -272,8 +311,12 @@ class AttentionPlan:
 def compile_topology(layout: CanvasLayout, topology: CanvasTopology) -> AttentionPlan:
     """Compile ``topology`` on ``layout`` into an :class:`AttentionPlan`.
 
+    Every non-zero weight of the plan lies in ``[MIN_MASK_WEIGHT, MAX_CONNECTION_WEIGHT]``
+    (``[2**-24, 1e4]``), so it is finite and non-zero in float32, bfloat16 and float16 views.
+
     Raises:
-        ConnectionValidationError: a connection names a region the layout lacks.
+        ConnectionValidationError: a connection names a region the layout lacks, or an
+            ``INTERPOLATE`` connection's split gives a frame a weight below ``MIN_MASK_WEIGHT``.
 
     """
     topology.validate(layout)
@@ -282,27 +325,35 @@ def compile_topology(layout: CanvasLayout, topology: CanvasTopology) -> Attentio
 
 
 def compile_attention_mask(
-    layout: CanvasLayout, topology: CanvasTopology, device: str | torch.device = "cpu"
+    layout: CanvasLayout,
+    topology: CanvasTopology,
+    device: str | torch.device = "cpu",
+    max_bytes: int = DENSE_MASK_BUDGET,
 ) -> torch.Tensor:
     """(N, N) float mask: the connection weight where query i may attend key j, else 0.
 
     Raises:
         ConnectionValidationError: a connection names a region the layout lacks.
+        CanvasValidationError: the mask would exceed ``max_bytes`` (default 2 GiB).
 
     """
-    return compile_topology(layout, topology).dense_weights(device)
+    return compile_topology(layout, topology).dense_weights(device, max_bytes)
 
 
 def compile_additive_mask(
-    layout: CanvasLayout, topology: CanvasTopology, device: str | torch.device = "cpu"
+    layout: CanvasLayout,
+    topology: CanvasTopology,
+    device: str | torch.device = "cpu",
+    max_bytes: int = DENSE_MASK_BUDGET,
 ) -> torch.Tensor:
     """(N, N) additive mask: 0 where allowed, -inf where blocked; a query with no key attends itself.
 
     Raises:
         ConnectionValidationError: a connection names a region the layout lacks.
+        CanvasValidationError: the mask would exceed ``max_bytes`` (default 2 GiB).
 
     """
-    return compile_topology(layout, topology).additive_mask(device)
+    return compile_topology(layout, topology).additive_mask(device, max_bytes)
 
 
 # The declaration layer never imports this module; CanvasTopology's 0.1.0 mask methods reach
@@ -317,13 +368,21 @@ def _weight_table(layout: CanvasLayout, connections: Sequence[Connection]) -> to
     table = torch.zeros(n_regions, n_regions, n_frames, n_frames)  # (Rq, Rk, Tq, Tk)
     for conn in connections:
         i, j = index[conn.src], index[conn.dst]
-        table[i, j] = torch.maximum(table[i, j], _connection_frames(layout, conn))
+        table[i, j] = torch.maximum(table[i, j], _connection_frames(layout, conn).float())
     # class = region * T + frame, on both axes
     return table.permute(0, 2, 1, 3).reshape(n_regions * n_frames, n_regions * n_frames).contiguous()
 
 
 def _connection_frames(layout: CanvasLayout, conn: Connection) -> torch.Tensor:
-    """(T, T) weight of one connection over (query canvas frame, key canvas frame)."""
+    """(T, T) float64 weight of one connection over (query canvas frame, key canvas frame).
+
+    Built in log space, so a share too small for any mask dtype is seen (and refused) instead
+    of rounding to 0 and silently dropping the edge.
+
+    Raises:
+        ConnectionValidationError: a frame the connection reads gets a weight below ``MIN_MASK_WEIGHT``.
+
+    """
     T = layout.T
     real = layout.frame_real_times
     names = layout.region_names
@@ -331,50 +390,69 @@ def _connection_frames(layout: CanvasLayout, conn: Connection) -> torch.Tensor:
     src_ok = tau_q >= 0
     dst_ok = real[names.index(conn.dst)] >= 0
     dst = layout.regions[conn.dst]
+    never = torch.tensor(float("-inf"), dtype=torch.float64)
     if conn.t_src is None and conn.t_dst is None:
-        frames = (src_ok[:, None] & dst_ok[None, :]).float()
+        log_frames = torch.where(src_ok[:, None] & dst_ok[None, :], 0.0, never)
     elif conn.t_dst is None:
         ref = tau_q - conn.t_src
         q_ok = src_ok & (ref >= 0) & (ref < T)
-        frames = (q_ok[:, None] & dst_ok[None, :]).float()
+        log_frames = torch.where(q_ok[:, None] & dst_ok[None, :], 0.0, never)
     elif conn.t_src is None:
         rho = torch.arange(T) + conn.t_dst
         rho = rho[(rho >= 0) & (rho < T)]
-        reads = _read_dst(dst, rho, T, conn)  # (K, T)
-        frames = src_ok.float()[:, None] * (reads.amax(0) if len(rho) else torch.zeros(T))[None, :]
+        reads = _read_dst(dst, rho, T, conn).amax(0) if len(rho) else never.expand(T)  # (T,)
+        log_frames = torch.where(src_ok[:, None], reads[None, :], never)
     else:
         ref = tau_q - conn.t_src
         rho = ref + conn.t_dst
         q_ok = src_ok & (ref >= 0) & (ref < T) & (rho >= 0) & (rho < T)
-        frames = _read_dst(dst, rho, T, conn) * q_ok.float()[:, None]
-    return frames * conn.weight
+        log_frames = torch.where(q_ok[:, None], _read_dst(dst, rho, T, conn), never)
+    log_weight = log_frames + math.log(conn.weight)
+    tiny = (log_weight > float("-inf")) & (log_weight < math.log(MIN_MASK_WEIGHT))
+    if bool(tiny.any()):
+        q_t, k_t = (int(v) for v in tiny.nonzero()[0])
+        msg = (
+            f"{conn.label}: interpolation_order={conn.interpolation_order:g} gives canvas frame {k_t} (read by "
+            f"query frame {q_t}) the weight 10**{float(log_weight[q_t, k_t]) / math.log(10):.1f}, below "
+            "MIN_MASK_WEIGHT=2**-24 (the smallest float16): the edge would silently vanish in float16 masks; "
+            "lower interpolation_order or raise the weight"
+        )
+        raise ConnectionValidationError(msg)
+    return log_weight.exp()
 
 
 def _read_dst(dst, rho: torch.Tensor, T: int, conn: Connection) -> torch.Tensor:
-    """(K, T) share of the connection weight each dst canvas frame gets when reading real time ``rho``."""
+    """(K, T) float64 log share of the connection weight each dst canvas frame gets when reading real time ``rho``.
+
+    ``-inf`` where the frame is not read.
+    """
     t0, n, p = dst.bounds[0], dst.num_frames, dst.period
     rel = rho - t0
     in_span = (rel >= 0) & (rel < n * p)  # each frame holds for `period` real frames
     prev = (rel.clamp(min=0) // p).clamp(max=n - 1)  # latest dst frame at or before rho
     exact = in_span & (rel.clamp(min=0) % p == 0)
     rows = torch.arange(len(rho))
-    out = torch.zeros(len(rho), n)
+    out = torch.full((len(rho), n), float("-inf"), dtype=torch.float64)
     if conn.temporal_fill is TemporalFill.DROP:
-        out[rows[exact], prev[exact]] = 1.0
+        out[rows[exact], prev[exact]] = 0.0
     elif conn.temporal_fill is TemporalFill.HOLD:
-        out[rows[in_span], prev[in_span]] = 1.0
+        out[rows[in_span], prev[in_span]] = 0.0
     else:  # INTERPOLATE: inverse-distance split between the frames around rho
-        out[rows[exact], prev[exact]] = 1.0
+        out[rows[exact], prev[exact]] = 0.0
         between = in_span & ~exact
         nxt = prev + 1
         has_next = between & (nxt < n)
-        d_prev = (rel - prev * p).double()
-        d_next = (nxt * p - rel).double()
-        a = d_prev.clamp(min=1).pow(-conn.interpolation_order)
-        b = torch.where(has_next, d_next.clamp(min=1).pow(-conn.interpolation_order), torch.zeros_like(a))
-        share_prev = (a / (a + b)).float()
-        out[rows[between], prev[between]] = share_prev[between]
-        out[rows[has_next], nxt[has_next]] = 1.0 - share_prev[has_next]
-    full = torch.zeros(len(rho), T)
+        d_prev = (rel - prev * p).double().clamp(min=1)
+        d_next = (nxt * p - rel).double().clamp(min=1)
+        # share_prev = a / (a + b) with a = d_prev**-order, b = d_next**-order, i.e.
+        # 1 / (1 + (d_prev / d_next)**order), whose log is -softplus(order * log(d_prev / d_next)).
+        # In log space a large order neither gives 0 / 0 (NaN in the mask, as the powers did when
+        # both underflowed) nor rounds a tiny share to 0 (the caller refuses those by name).
+        x = conn.interpolation_order * (d_prev / d_next).log()
+        log_prev = torch.where(has_next, -F.softplus(x), torch.zeros_like(x))
+        log_next = -F.softplus(-x)
+        out[rows[between], prev[between]] = log_prev[between]
+        out[rows[has_next], nxt[has_next]] = log_next[has_next]
+    full = torch.full((len(rho), T), float("-inf"), dtype=torch.float64)
     full[:, t0 : t0 + n] = out
     return full

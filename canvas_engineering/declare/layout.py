@@ -9,11 +9,15 @@ from typing import Any
 
 import torch
 
-from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.region import MAX_POSITIONS, RegionSpec
 from canvas_engineering.errors import LayoutValidationError, RegionValidationError, UnknownRegionError
-from canvas_engineering.validation import check_int, check_name, check_positive_int
+from canvas_engineering.validation import check_int, check_name
 
-__all__ = ["CanvasLayout"]
+__all__ = ["MAX_D_MODEL", "MAX_POSITIONS", "CanvasLayout"]
+
+#: Largest token width ``d_model`` (65,536: well above any transformer's width; a canvas
+#: buffer holds ``N * d_model`` numbers, see ``SpatiotemporalCanvas``).
+MAX_D_MODEL = 2**16
 
 
 def _fmt(bounds: Sequence[int]) -> str:
@@ -37,8 +41,14 @@ class CanvasLayout:
         regions: name -> ``RegionSpec`` or ``(t0, t1, h0, h1, w0, w1)``.
         t_current: first "future" frame; positions at ``t >= t_current`` are outputs.
 
+    Size limits (checked here, before anything is allocated): ``T``, ``H`` and ``W`` are
+    integers in ``[1, MAX_POSITIONS]`` and ``T * H * W <= MAX_POSITIONS`` (``2**24`` =
+    16,777,216 positions); ``d_model`` is an integer in ``[1, MAX_D_MODEL]`` (``2**16``).
+    NumPy integers are accepted and stored as ``int``.
+
     Raises:
-        LayoutValidationError: bad grid sizes, overlapping regions, t_current outside [0, T].
+        LayoutValidationError: bad grid sizes (beyond the limits included), overlapping
+            regions, t_current outside [0, T].
         RegionValidationError: a region breaks a rule; the message names the region.
 
     Example::
@@ -58,8 +68,23 @@ class CanvasLayout:
     t_current: int = 0
 
     def __post_init__(self) -> None:
+        limits = {"T": "MAX_POSITIONS=2**24", "H": "MAX_POSITIONS=2**24", "W": "MAX_POSITIONS=2**24"}
         for name in ("T", "H", "W", "d_model"):
-            check_positive_int(getattr(self, name), f"CanvasLayout.{name}", error=LayoutValidationError)
+            value = check_int(
+                getattr(self, name),
+                f"CanvasLayout.{name}",
+                error=LayoutValidationError,
+                minimum=1,
+                maximum=MAX_D_MODEL if name == "d_model" else MAX_POSITIONS,
+                rule=f"an integer >= 1 and <= {limits.get(name, 'MAX_D_MODEL=2**16')}",
+            )
+            object.__setattr__(self, name, value)
+        if self.T * self.H * self.W > MAX_POSITIONS:
+            msg = (
+                f"CanvasLayout T={self.T} H={self.H} W={self.W} has {self.T * self.H * self.W:,} positions; "
+                f"a canvas holds at most MAX_POSITIONS={MAX_POSITIONS:,} (2**24)"
+            )
+            raise LayoutValidationError(msg)
         if not isinstance(self.regions, Mapping):
             msg = (
                 "CanvasLayout.regions must be a mapping of name -> RegionSpec or bounds, "
@@ -78,7 +103,7 @@ class CanvasLayout:
             specs[name] = spec
         object.__setattr__(self, "regions", specs)
         self._check_overlaps()
-        check_int(
+        t_current = check_int(
             self.t_current,
             "CanvasLayout.t_current",
             error=LayoutValidationError,
@@ -86,6 +111,7 @@ class CanvasLayout:
             maximum=self.T,
             rule=f"an integer in [0, T={self.T}]",
         )
+        object.__setattr__(self, "t_current", t_current)
 
     def _key(self) -> tuple:
         # Region order is part of identity: it fixes region ids (and so class ids).

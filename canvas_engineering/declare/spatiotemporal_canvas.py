@@ -20,7 +20,12 @@ from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.validation import check_int
 
-__all__ = ["SpatiotemporalCanvas", "sinusoidal_encoding"]
+__all__ = ["MAX_ENCODING_ELEMENTS", "SpatiotemporalCanvas", "sinusoidal_encoding"]
+
+#: Most numbers the ``(N, d_model)`` position encoding may hold: ``2**31`` (8 GiB of float32).
+#: The layout bounds ``N`` and ``d_model`` separately (``MAX_POSITIONS``, ``MAX_D_MODEL``);
+#: their product is checked here, before the buffer is allocated.
+MAX_ENCODING_ELEMENTS = 2**31
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -39,6 +44,10 @@ class SpatiotemporalCanvas(nn.Module):
     Args:
         layout: the layout to place regions on.
 
+    Raises:
+        CanvasValidationError: ``layout`` is not a :class:`CanvasLayout`, or ``N * d_model``
+            exceeds :data:`MAX_ENCODING_ELEMENTS` (the message gives both sizes).
+
     Attributes:
         position_encoding: (N, d_model) fixed buffer encoding each position's real time,
             row, column and period (so slow regions are told apart from fast ones).
@@ -51,6 +60,13 @@ class SpatiotemporalCanvas(nn.Module):
         super().__init__()
         if not isinstance(layout, CanvasLayout):
             msg = f"SpatiotemporalCanvas needs a CanvasLayout, got {type(layout).__name__}"
+            raise CanvasValidationError(msg)
+        if layout.num_positions * layout.d_model > MAX_ENCODING_ELEMENTS:
+            msg = (
+                f"SpatiotemporalCanvas: the position encoding of N={layout.num_positions:,} positions x "
+                f"d_model={layout.d_model:,} would hold {layout.num_positions * layout.d_model:,} numbers; "
+                f"the limit is MAX_ENCODING_ELEMENTS={MAX_ENCODING_ELEMENTS:,} (2**31): use a smaller grid or d_model"
+            )
             raise CanvasValidationError(msg)
         self.layout = layout
         d = layout.d_model

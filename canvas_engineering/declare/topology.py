@@ -30,8 +30,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from canvas_engineering.declare.attention_vocabulary import DEFAULT_ATTENTION, check_attention_type
+from canvas_engineering.declare.region import MAX_POSITIONS
 from canvas_engineering.errors import CanvasValidationError, ConnectionValidationError
-from canvas_engineering.validation import check_finite_float, is_int
+from canvas_engineering.validation import check_finite_float, check_int
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,26 @@ if TYPE_CHECKING:
     from canvas_engineering.compilation.compiler import AttentionPlan
     from canvas_engineering.declare.layout import CanvasLayout
 
-__all__ = ["AttentionOp", "CanvasTopology", "Connection", "TemporalFill", "set_plan_compiler"]
+__all__ = [
+    "MAX_CONNECTION_WEIGHT",
+    "MIN_CONNECTION_WEIGHT",
+    "AttentionOp",
+    "CanvasTopology",
+    "Connection",
+    "TemporalFill",
+    "set_plan_compiler",
+]
+
+#: Smallest and largest connection weight. Weights reach the kernels in the mask's dtype,
+#: float32 tables and, under mixed precision, float16/bfloat16 views: as weights (types that
+#: scale their outputs, sigmoid/top-k mixing) and as log-weight biases (softmax types). The
+#: range sits inside float16's normal numbers ([6.1e-5, 65504]), so a weight never overflows
+#: to inf (1e39 used to turn every output into NaN) nor underflows to 0 (1e-46 used to
+#: silently disable the edge) in any mask dtype, and its log (|log w| <= 9.3) is exact enough
+#: in every dtype. A factor 1e4 on a key's attention mass already means "only" or "nothing";
+#: to disable an edge use ``fn="none"``.
+MIN_CONNECTION_WEIGHT = 1e-4
+MAX_CONNECTION_WEIGHT = 1e4
 
 #: ``(layout, topology) -> AttentionPlan``, registered by the compilation layer when it is
 #: imported (``canvas_engineering.compilation.compiler`` registers ``compile_topology``). Declarations never
@@ -86,10 +106,12 @@ class Connection:
     Args:
         src: query region.
         dst: key/value region.
-        weight: connection weight (finite, > 0): a log-weight bias for score-based types,
-            an output scale for the others. Use ``fn="none"`` to disable an edge.
-        t_src: relative frame offset of the queries (``None``: every frame).
-        t_dst: relative frame offset of the keys (``None``: every frame).
+        weight: connection weight, finite and in ``[MIN_CONNECTION_WEIGHT, MAX_CONNECTION_WEIGHT]``
+            (``[1e-4, 1e4]``): a log-weight bias for score-based types, an output scale for the
+            others. Use ``fn="none"`` to disable an edge.
+        t_src: relative frame offset of the queries (``None``: every frame), an integer in
+            ``[-MAX_POSITIONS, MAX_POSITIONS]``.
+        t_dst: relative frame offset of the keys (``None``: every frame), same range.
         fn: attention function type (``None``: the src region's ``default_attn``, then
             ``"cross_attention"``).
         temporal_fill: what to read when the target falls between dst frames.
@@ -120,30 +142,44 @@ class Connection:
             self.weight,
             f"{self.label}: weight",
             error=ConnectionValidationError,
-            minimum=0,
-            open_min=True,
-            rule="a finite number > 0 (use fn='none' to disable an edge)",
+            minimum=MIN_CONNECTION_WEIGHT,
+            maximum=MAX_CONNECTION_WEIGHT,
+            rule=(
+                "a finite number > 0 (use fn='none' to disable an edge) in "
+                f"[MIN_CONNECTION_WEIGHT={MIN_CONNECTION_WEIGHT:g}, MAX_CONNECTION_WEIGHT={MAX_CONNECTION_WEIGHT:g}]: "
+                "outside it the weight overflows or underflows in float16 masks"
+            ),
             sep=" ",
         )
         object.__setattr__(self, "weight", weight)
         for end in ("t_src", "t_dst"):
             value = getattr(self, end)
-            if value is not None and not is_int(value):
-                msg = f"{self.label}: {end} {value!r} must be an integer frame offset or None"
-                raise ConnectionValidationError(msg)
+            if value is not None:
+                value = check_int(
+                    value,
+                    f"{self.label}: {end}",
+                    error=ConnectionValidationError,
+                    minimum=-MAX_POSITIONS,
+                    maximum=MAX_POSITIONS,
+                    rule=f"an integer frame offset or None, within [-MAX_POSITIONS, MAX_POSITIONS] = +-{MAX_POSITIONS}",
+                    sep=" ",
+                )
+                object.__setattr__(self, end, value)
         try:
             object.__setattr__(self, "temporal_fill", TemporalFill(self.temporal_fill))
         except ValueError:
             choices = ", ".join(f.value for f in TemporalFill)
             msg = f"{self.label}: temporal_fill {self.temporal_fill!r} must be one of {choices}"
             raise ConnectionValidationError(msg) from None
-        check_finite_float(
+        order = check_finite_float(
             self.interpolation_order,
             f"{self.label}: interpolation_order",
             error=ConnectionValidationError,
             minimum=0,
             sep=" ",
         )
+        if not isinstance(self.interpolation_order, (int, float)):  # a NumPy scalar: store the Python float
+            object.__setattr__(self, "interpolation_order", order)
         if self.fn is not None:
             check_attention_type(self.fn, self.label)
 
@@ -295,20 +331,28 @@ class CanvasTopology:
                     )
                     raise ConnectionValidationError(msg)
 
-    def to_attention_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
+    def to_attention_mask(
+        self, layout: CanvasLayout, device: str | torch.device = "cpu", max_bytes: int | None = None
+    ) -> torch.Tensor:
         """(N, N) float mask: the connection weight where query i may attend key j, else 0.
 
         The 0.1.0 spelling of :func:`canvas_engineering.compilation.compiler.compile_attention_mask`
-        (compiles through the registered compiler, see :func:`set_plan_compiler`).
+        (compiles through the registered compiler, see :func:`set_plan_compiler`). Refused above
+        ``max_bytes`` (``None``: the dense mask budget, 2 GiB).
         """
-        return _compiled(layout, self).dense_weights(device)
+        budget = {} if max_bytes is None else {"max_bytes": max_bytes}
+        return _compiled(layout, self).dense_weights(device, **budget)
 
-    def to_additive_mask(self, layout: CanvasLayout, device: str | torch.device = "cpu") -> torch.Tensor:
+    def to_additive_mask(
+        self, layout: CanvasLayout, device: str | torch.device = "cpu", max_bytes: int | None = None
+    ) -> torch.Tensor:
         """(N, N) additive mask: 0 where allowed, -inf where blocked; a query with no key attends itself.
 
         The 0.1.0 spelling of :func:`canvas_engineering.compilation.compiler.compile_additive_mask`.
+        Refused above ``max_bytes`` (``None``: the dense mask budget, 2 GiB).
         """
-        return _compiled(layout, self).additive_mask(device)
+        budget = {} if max_bytes is None else {"max_bytes": max_bytes}
+        return _compiled(layout, self).additive_mask(device, **budget)
 
     def summary(self) -> str:
         """One line per connection."""

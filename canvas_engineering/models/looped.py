@@ -91,13 +91,21 @@ class LoopedBlockWrapper(nn.Module):
     def set_betas(self, betas: Sequence[float]) -> None:
         """Set the per-loop sharpening factors (``max_loops`` finite positive numbers).
 
+        Every way betas reach a looped block goes through here (the ``AttentionSharpening``
+        callback and ``set_betas`` of the backbones call it), so NaN, inf, 0, negatives and
+        bools are refused before any forward; NumPy scalars and one-element tensors are
+        accepted and stored as floats. Nothing changes when the call is refused.
+
         Raises:
             CanvasValidationError: wrong length, or a beta that is not a finite number > 0.
 
         """
         values = positive_finite_numbers(betas, self.max_loops)
         if values is None:
-            msg = f"LoopedBlockWrapper.set_betas: need {self.max_loops} positive betas, got {betas!r}"
+            msg = (
+                f"LoopedBlockWrapper.set_betas: need {self.max_loops} positive betas (finite numbers > 0; "
+                f"NaN, inf, 0 and bools are refused), got {betas!r}"
+            )
             raise CanvasValidationError(msg)
         self.betas = values
 

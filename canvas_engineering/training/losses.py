@@ -84,7 +84,14 @@ def weighted_loss(
 
     Returns:
         ``(weighted mean over every weighted position, {region: (its weighted mean, its total weight)})``;
-        regions with no weight in this batch are left out.
+        regions with no weight in this batch are left out, unless their error is non-finite.
+
+    A non-finite error anywhere makes the loss non-finite on purpose: at a position of weight 0
+    (``0 * nan`` is NaN) and in a region with no weight in this batch (its non-finite sum is
+    added, and it is listed with weight 0 so the message names it). NaN or inf in a batch thus
+    always stops with :class:`~canvas_engineering.errors.NonFiniteLossError` (see
+    :func:`check_finite_loss`), also where the model's attention contains it and no weighted
+    prediction reads it.
 
     """
     total, weight_sum = like.new_zeros(()), like.new_zeros(())
@@ -92,6 +99,9 @@ def weighted_loss(
     for name, loss in losses.items():
         w = weights[name]  # (B, n_region)
         if not bool(w.any()):
+            if not bool(torch.isfinite(loss).all()):  # NaN/inf data in a region that takes no loss
+                total = total + loss.sum()
+                regions[name] = (loss.sum(), 0.0)
             continue
         total = total + (loss * w).sum()
         weight_sum = weight_sum + w.sum()
@@ -101,8 +111,23 @@ def weighted_loss(
     return total / weight_sum.clamp(min=1e-12), regions
 
 
-def check_finite_loss(loss: torch.Tensor, regions: Mapping[str, tuple[torch.Tensor, float]], step: int) -> None:
-    """Stop training on a NaN or infinite loss, naming the step and every region's loss.
+#: how each stage's loss is named in the message of :func:`check_finite_loss`
+_STAGES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def check_finite_loss(
+    loss: torch.Tensor, regions: Mapping[str, tuple[torch.Tensor, float]], step: int, stage: str = "train"
+) -> None:
+    """Stop on a NaN or infinite loss, naming the stage, the step and every region's loss.
+
+    Called for every stage: a non-finite validation or test loss (NaN or inf in the evaluation
+    data, usually) raises the same error as in training instead of being logged as ``nan``.
+
+    Args:
+        loss: the weighted loss.
+        regions: ``{region: (its loss, its weight)}``.
+        step: the global step, for the message.
+        stage: ``"train"``, ``"val"`` or ``"test"``.
 
     Raises:
         NonFiniteLossError: the loss is not finite.
@@ -110,8 +135,10 @@ def check_finite_loss(loss: torch.Tensor, regions: Mapping[str, tuple[torch.Tens
     """
     if not torch.isfinite(loss):
         detail = ", ".join(f"{n}={float(v):.4g}" for n, (v, _) in regions.items())
-        msg = (
-            f"non-finite training loss {float(loss)} at step {step} (per-region losses: {detail}); "
-            "stopping before anything is saved. Lower the learning rate or check the data."
-        )
+        name = _STAGES.get(stage, stage)
+        if stage == "train":
+            advice = "stopping before anything is saved. Lower the learning rate or check the data."
+        else:
+            advice = f"check the {name} data for NaN or inf values (training has its own check)."
+        msg = f"non-finite {name} loss {float(loss)} at step {step} (per-region losses: {detail}); {advice}"
         raise NonFiniteLossError(msg)

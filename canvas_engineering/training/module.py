@@ -223,8 +223,7 @@ class CanvasModule(pl.LightningModule):
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         loss, regions = self.compute_loss(batch)
         b = self.validate_batch(batch)
-        if stage == "train":
-            losses.check_finite_loss(loss, regions, self.global_step)
+        losses.check_finite_loss(loss, regions, self.global_step, stage)  # every stage: NaN data is an error
         metrics.update_region_losses(self.metrics[f"{stage}_metrics"], regions, loss, b)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=b,

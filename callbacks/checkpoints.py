@@ -4,7 +4,8 @@
 :func:`~canvas_engineering.models.loop_checkpoint.save_loop_checkpoint` while a model trains.
 :class:`RNGState` carries the random number generators' states inside Lightning checkpoints:
 Lightning restores weights, optimizers and loop counters but not the RNGs, so without it a
-resumed fit draws different diffusion timesteps and noise than an uninterrupted one.
+resumed fit draws different diffusion timesteps and noise than an uninterrupted one. It also
+keeps validation from moving the RNGs, and makes Lightning resume epoch-end checkpoints exactly.
 
 .. versionadded:: 0.1.0
 """
@@ -20,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from canvas_engineering.errors import CanvasValidationError
@@ -39,6 +41,41 @@ def _loop_state(pl_module: pl.LightningModule) -> dict[str, Any]:
     if blocks:
         out["betas"] = [float(b) for b in blocks[0].betas]
     return out
+
+
+def _epoch_end_as_batch_end(checkpoint: dict[str, Any]) -> bool:
+    """Rewrite the fit-loop progress of a checkpoint written in ``on_train_epoch_end`` as at its last batch's end.
+
+    Lightning resumes a checkpoint written at the end of an epoch (``ModelCheckpoint(every_n_epochs=...)``,
+    which saves in ``on_train_epoch_end``, or any checkpoint of a fit that ``max_steps`` stopped) by
+    running one more batch in the finished epoch when ``max_steps`` bounds the fit, and, when ``max_steps``
+    stopped it in the middle of an epoch, by starting the next epoch instead of finishing that one. A
+    checkpoint written at the end of the epoch's last training batch holds the same weights, optimizer
+    and callback states, and Lightning resumes it exactly (the rest of the epoch, or the next epoch), so
+    the epoch-end progress is turned into that one: the epoch not yet processed, the last batch not yet
+    completed. Returns whether ``checkpoint`` was rewritten (only that exact epoch-end progress is).
+    """
+    try:
+        loop = checkpoint["loops"]["fit_loop"]
+        epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+        stepped = loop["epoch_loop.state_dict"]
+        fields = ("ready", "started", "processed", "completed")
+        counts = [tuple(int(p[f]) for f in fields) for p in (epochs["total"], epochs["current"])]
+        done = [tuple(int(p[f]) for f in fields) for p in (batches["total"], batches["current"])]
+        int(stepped["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    # on_train_epoch_end: the epoch processed but not completed, every batch it started completed
+    epoch_end = all(r == s == p == c + 1 for r, s, p, c in counts)
+    batches_done = all(r == s == p == c and c > 0 for r, s, p, c in done)
+    if not (epoch_end and batches_done):
+        return False
+    for progress in (epochs["total"], epochs["current"]):
+        progress["processed"] -= 1
+    for progress in (batches["total"], batches["current"]):
+        progress["completed"] -= 1
+    stepped["_batches_that_stepped"] = int(stepped["_batches_that_stepped"]) - 1
+    return True
 
 
 class LoopCheckpoint(Callback):
@@ -183,10 +220,28 @@ class RNGState(Callback):
     generator and of Python's ``random`` at the moment the checkpoint is written, and
     :meth:`load_state_dict` puts them back when Lightning restores callbacks (before the
     sanity check, which Lightning runs with isolated RNGs, and before the first training
-    batch). A resumed fit then continues exactly when the checkpoint was written at an
-    epoch boundary (or the dataloaders are stateful) and the same RNG draws happen between
-    the checkpoint and the next batch in both runs (e.g. ``trainer.save_checkpoint`` after
-    ``fit``, or ``ModelCheckpoint`` saving at the end of an epoch).
+    batch).
+
+    It also makes validation during ``fit`` neutral to the RNGs, as Lightning does for the
+    sanity check: the states at the end of the training batch before a validation run are put
+    back when it ends (and a checkpoint written during validation holds them). Whatever
+    validation draws (noise, dropout, a validation loader's worker seed) then changes nothing
+    in training, and a fit resumed from a checkpoint written just before a validation run,
+    which Lightning does not run again, continues exactly like one that ran it.
+
+    A resumed fit continues exactly when the same RNG draws happen between the checkpoint
+    and the next training batch in both runs: checkpoints written after a training batch or
+    at the end of an epoch or of validation (``ModelCheckpoint`` in every mode, ``last.ckpt``),
+    with training dataloaders that are resumable mid-epoch (the canvas datamodules'
+    :class:`~canvas_engineering.datamodules.ResumableDataLoader`) or a checkpoint at an epoch
+    boundary. Callbacks that draw random numbers in ``on_train_batch_end`` should come before
+    this one in the callback list.
+
+    When a fit resumes, it also makes Lightning resume a checkpoint written at the end of an
+    epoch (``ModelCheckpoint(every_n_epochs=...)``, or any checkpoint written when ``max_steps``
+    stopped a fit) like the checkpoint of that epoch's last training batch: Lightning would
+    otherwise run one batch too many in the finished epoch under ``max_steps``, or skip the
+    rest of an epoch that ``max_steps`` cut short.
 
     Checkpoints are written by rank 0, so on resume every rank gets rank 0's states, which
     is what ``seed_everything(seed)`` gives every rank in the first place.
@@ -198,8 +253,15 @@ class RNGState(Callback):
         >>> trainer = Trainer(callbacks=[RNGState()], logger=False)  # doctest: +SKIP
     """
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
+    def __init__(self) -> None:
+        super().__init__()
+        #: the states at the end of the last training batch (put back after validation)
+        self._after_batch: dict[str, Any] | None = None
+        self._in_validation = False
+
+    @staticmethod
+    def _capture() -> dict[str, Any]:
+        """Return the current states of every generator (plain data and tensors)."""
         kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
@@ -217,8 +279,9 @@ class RNGState(Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    @staticmethod
+    def _apply(state_dict: dict[str, Any]) -> None:
+        """Set every generator present in ``state_dict``."""
         if "torch" in state_dict:
             torch.set_rng_state(state_dict["torch"])
         if "numpy" in state_dict:
@@ -231,3 +294,51 @@ class RNGState(Callback):
         cuda = state_dict.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._after_batch, self._in_validation = None, False  # nothing carried over from an earlier fit
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._after_batch = self._capture()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the sanity check already runs with isolated RNGs; validate() outside fit has no training to protect
+        self._in_validation = (
+            trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._after_batch is not None
+        )
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._in_validation and self._after_batch is not None:
+            self._apply(self._after_batch)
+        self._in_validation = False
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._in_validation and self._after_batch is not None:
+            return self._after_batch  # what training continues from once validation ends
+        return self._capture()
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # called before Lightning restores its loops from the same dict
+        if trainer.state.fn == TrainerFn.FITTING:
+            _epoch_end_as_batch_end(checkpoint)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._apply(state_dict)
+        # a validation Lightning finishes before the first training batch of the resumed fit is rolled back too
+        self._after_batch = state_dict

@@ -26,13 +26,13 @@ and call :meth:`~CanvasDataModule._init_canvas` at the end of their ``__init__``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.declare.topology import CanvasTopology, TemporalFill
@@ -41,7 +41,16 @@ from canvas_engineering.models.region_codecs import RegionFormat, expected_shape
 from canvas_engineering.training.future_metrics import BASELINES_KEY
 from canvas_engineering.validation import check_bool, check_choice, check_finite_float, check_int
 
-__all__ = ["BaselineDataset", "CanvasDataModule", "Split", "TensorDictDataset", "TopologyKind", "split_rng"]
+__all__ = [
+    "BaselineDataset",
+    "CanvasDataModule",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "Split",
+    "TensorDictDataset",
+    "TopologyKind",
+    "split_rng",
+]
 
 #: A dataset split.
 Split = Literal["train", "val", "test"]
@@ -122,6 +131,136 @@ class BaselineDataset(Dataset):
             for name, regions in self.baselines.items()
         }
         return item
+
+
+class ResumableSampler(DistributedSampler):
+    """Indices of a dataset in an order fixed by ``(seed, epoch)``, resumable in the middle of an epoch.
+
+    The order of epoch ``e`` is ``torch.randperm(len(dataset))`` drawn from a generator seeded
+    with ``seed + e`` (or ``0 .. n-1`` without ``shuffle``), then cut into ``num_replicas``
+    interleaved shards as :class:`~torch.utils.data.DistributedSampler` does (it is one, so
+    Lightning leaves it in place under DDP instead of wrapping it). The order depends on nothing
+    else, in particular not on the global RNG, so an epoch reads the same samples whether the fit
+    was interrupted or not. Like ``DistributedSampler``, the epoch only changes through
+    :meth:`set_epoch`, which Lightning calls before every training epoch.
+
+    :meth:`skip` makes the next pass start ``samples`` indices into epoch ``epoch``; a
+    :class:`ResumableDataLoader` uses it to continue where a checkpoint stopped.
+
+    Args:
+        dataset: the dataset (only its length is read).
+        shuffle: permute the indices every epoch.
+        seed: seed of the permutations.
+        num_replicas: shards (processes); each rank reads every ``num_replicas``-th index.
+        rank: this process's shard.
+
+    """
+
+    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self._skip = 0
+        #: ``(epoch, first sample)`` of the pass being read (``None`` before the first pass)
+        self.current_pass: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read epoch ``epoch`` next (a pending :meth:`skip` into another epoch is dropped)."""
+        if int(epoch) != self.epoch:
+            self._skip = 0
+        super().set_epoch(int(epoch))
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """Start the next pass ``samples`` indices into epoch ``epoch`` (a finished epoch: at the next one)."""
+        epoch, samples = int(epoch), max(int(samples), 0)
+        if samples >= self.num_samples:  # the epoch was read to its end: the next one starts from its beginning
+            epoch, samples = epoch + 1, 0
+        self.epoch, self._skip = epoch, samples
+
+    def position(self) -> tuple[int, int]:
+        """Return ``(epoch, first sample)`` where the next pass would start."""
+        return self.epoch, self._skip
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield this rank's indices of the current epoch, from the pending skip on."""
+        start, self._skip = self._skip, 0
+        self.current_pass = (self.epoch, start)
+        return iter(list(super().__iter__())[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A :class:`~torch.utils.data.DataLoader` whose position in the epoch goes into Lightning checkpoints.
+
+    With a :class:`ResumableSampler`, :meth:`state_dict` is the epoch and the samples handed out
+    so far (counted as batches leave the loader, so worker prefetching does not count), and
+    :meth:`load_state_dict` makes the next pass continue from there. Lightning saves and
+    restores the state of training dataloaders that have these two methods, so a fit resumed
+    from a checkpoint written in the middle of an epoch reads the rest of that epoch, in the
+    same order, instead of starting a new one. The ``generator`` (worker seeds) is reseeded
+    from the sampler's seed and epoch at every pass, so workers get the same seeds after a
+    resume as well. Any other sampler (e.g. one Lightning substitutes for ``overfit_batches``)
+    makes it a plain ``DataLoader`` with an empty state.
+
+    Example::
+
+        >>> import torch
+        >>> from canvas_engineering.datamodules import ResumableDataLoader, ResumableSampler, TensorDictDataset
+        >>> data = TensorDictDataset({"x": torch.arange(6.0)})
+        >>> loader = ResumableDataLoader(data, batch_size=2, sampler=ResumableSampler(data, shuffle=False, seed=0))
+        >>> batches = iter(loader)
+        >>> next(batches)["x"].tolist()
+        [0.0, 1.0]
+        >>> state = loader.state_dict()
+        >>> state
+        {'epoch': 0, 'samples': 2}
+        >>> resumed = ResumableDataLoader(data, batch_size=2, sampler=ResumableSampler(data, shuffle=False, seed=0))
+        >>> resumed.load_state_dict(state)
+        >>> [b["x"].tolist() for b in resumed]
+        [[2.0, 3.0], [4.0, 5.0]]
+
+    """
+
+    def _resumable_sampler(self) -> ResumableSampler | None:
+        sampler = self.sampler
+        return sampler if isinstance(sampler, ResumableSampler) else None
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate one pass, counting the batches handed out."""
+        sampler = self._resumable_sampler()
+        if sampler is None:
+            return super().__iter__()
+        if self.generator is not None:
+            epoch, _ = sampler.position()
+            self.generator.manual_seed(int(sampler.seed) * 1_000_003 + epoch)
+        return self._counted(super().__iter__(), sampler)
+
+    def _counted(self, batches: Iterator[Any], sampler: ResumableSampler) -> Iterator[Any]:
+        self._handed_out = 0
+        self._pass = None
+        for batch in batches:
+            # the sampler's pass starts when the first indices are drawn: read it once a batch exists
+            self._pass = sampler.current_pass
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Return ``{"epoch", "samples"}``: where the pass being read stands (``{}`` without a ``ResumableSampler``)."""
+        sampler = self._resumable_sampler()
+        if sampler is None:
+            return {}
+        current = getattr(self, "_pass", None)
+        if current is None:  # no batch handed out yet: where the next pass will start
+            epoch, samples = sampler.position()
+            return {"epoch": epoch, "samples": samples}
+        epoch, start = current
+        per_batch = self.batch_size if self.batch_size is not None else 1
+        return {"epoch": epoch, "samples": min(start + self._handed_out * per_batch, len(sampler))}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the next pass where ``state_dict`` (from :meth:`state_dict`) stood."""
+        sampler = self._resumable_sampler()
+        if sampler is None or "epoch" not in state_dict:
+            return
+        sampler.skip(int(state_dict["epoch"]), int(state_dict.get("samples", 0)))
+        self._pass = None
 
 
 class CanvasDataModule(pl.LightningDataModule, ABC):
@@ -235,6 +374,11 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
         """Which region each tensor feeds: region name -> ``RegionFormat`` dict (for ``CanvasModule``)."""
         return {name: fmt.to_dict() for name, fmt in self.formats.items()}
 
+    @property
+    def normalization(self) -> dict[str, dict[str, list[float]]]:
+        """Region -> ``{"mean", "std"}`` applied to the batches (``{}``: none); the CLI links it into the model."""
+        return {}
+
     def sample_shapes(self) -> dict[str, tuple[int, ...]]:
         """Region name -> shape of one sample's tensor (without the batch dimension)."""
         layout = self.schema.layout
@@ -330,19 +474,34 @@ class CanvasDataModule(pl.LightningDataModule, ABC):
         return self._datasets[split]
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        # an own generator: worker seeds never come from (and never advance) the global RNG
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=generator,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Return shuffled training batches (shuffle seeded by ``seed``)."""
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Return shuffled training batches, resumable mid-epoch (a :class:`ResumableDataLoader`).
+
+        Epoch ``e`` reads the training split in the order of ``torch.randperm`` seeded with
+        ``seed + e`` (:class:`ResumableSampler`), whatever happened before; under a distributed
+        strategy each rank reads its shard of that order.
+        """
+        dataset = self.dataset("train")
+        shards = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer is not None else None
+        sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, **(shards or {}))
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Return validation batches, in order."""

@@ -47,12 +47,23 @@ TimestepSampling = Literal["uniform", "logit_normal"]
 
 
 def training_fractions(
-    batch: int, sampling: TimestepSampling, logit_mean: float, logit_std: float, device: torch.device | str
+    batch: int,
+    sampling: TimestepSampling,
+    logit_mean: float,
+    logit_std: float,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``(batch,)`` noise levels in ``(0, 1)``: 0 is clean, 1 is pure noise."""
+    """``(batch,)`` noise levels in ``(0, 1)``: 0 is clean, 1 is pure noise.
+
+    Drawn from ``generator`` on its device, then moved to ``device`` (``None``: the global RNG, on ``device``).
+    """
+    where = device if generator is None else generator.device
     if sampling == "uniform":
-        return torch.rand(batch, device=device)
-    return torch.sigmoid(torch.randn(batch, device=device) * logit_std + logit_mean)
+        u = torch.rand(batch, device=where, generator=generator)
+    else:
+        u = torch.sigmoid(torch.randn(batch, device=where, generator=generator) * logit_std + logit_mean)
+    return u.to(device)
 
 
 class NoiseProcess(ABC):
@@ -78,9 +89,15 @@ class NoiseProcess(ABC):
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
 
-    def training_timesteps(self, batch: int, device: torch.device | str) -> torch.Tensor:
-        """``(batch,)`` timesteps for a training step (global RNG, so runs resume exactly)."""
-        u = training_fractions(batch, self.timestep_sampling, self.logit_mean, self.logit_std, device)
+    def training_timesteps(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(batch,)`` timesteps for a step, from ``generator`` (``None``: the global RNG, as training draws them).
+
+        Training draws from the global RNG, whose state ``RNGState`` keeps in checkpoints, so
+        resumed fits draw the same timesteps.
+        """
+        u = training_fractions(batch, self.timestep_sampling, self.logit_mean, self.logit_std, device, generator)
         return self.timesteps_from_fractions(u)
 
     @abstractmethod

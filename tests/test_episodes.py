@@ -351,3 +351,27 @@ def test_ddp_ranks_read_disjoint_shards(folders: dict[str, Path], tmp_path: Path
     dm = EpisodeDataModule(root=str(folders["v3.0"]), history=3, horizon=2, normalize=False)
     episodes, starts = dm.windows["train"]
     assert firsts[0] | firsts[1] == set((100.0 * episodes + starts).tolist())  # together: every training window
+
+
+def test_the_model_keeps_the_normalisation_and_undoes_it(folders: dict[str, Path], tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from canvas_engineering import CanvasModule
+
+    dm = EpisodeDataModule(root=str(folders["v3.0"]), history=3, horizon=2, batch_size=4, d_model=32)
+    model = CanvasModule(dm.schema, dm.region_formats, backbone_config={"depth": 1, "n_heads": 2},
+                         normalization=dm.normalization)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CanvasModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.normalization == dm.normalization
+    raw = EpisodeDataModule(root=str(folders["v3.0"]), history=3, horizon=2, normalize=False).dataset("train")[0]
+    back = loaded.denormalize({k: v[None] for k, v in dm.dataset("train")[0].items()})
+    for region in ("observation.state", "observation.images.top"):
+        torch.testing.assert_close(back[region][0], raw[region], rtol=1e-4, atol=1e-4)
+    with pytest.raises(CanvasValidationError, match=r"normalization\['action'\]\['std'\] must be 2 finite"):
+        CanvasModule(dm.schema, dm.region_formats, normalization={"action": {"mean": [0, 0], "std": [1]}})
+    with pytest.raises(CanvasValidationError, match="not a fed region"):
+        CanvasModule(dm.schema, dm.region_formats, normalization={"camera": {"mean": [0], "std": [1]}})

@@ -52,9 +52,10 @@ class CanvasCLI(LightningCLI):
             model.registry = self.registry
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the datamodule's schema and region formats into the model."""
+        """Link the datamodule's schema, region formats and normalisation statistics into the model."""
         parser.link_arguments("data.schema", "model.schema", compute_fn=_schema_dict, apply_on="instantiate")
         parser.link_arguments("data.region_formats", "model.region_formats", apply_on="instantiate")
+        parser.link_arguments("data.normalization", "model.normalization", apply_on="instantiate")
 
     @rank_zero_only
     def after_fit(self) -> None:

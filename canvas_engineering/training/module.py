@@ -7,6 +7,7 @@ write modes), masks, losses, sampling, metrics and the optimiser live in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -33,9 +34,18 @@ from canvas_engineering.training.noise_process import (
     TimestepSampling,
     make_noise_process,
 )
+from canvas_engineering.training.normalization import Normalization, check_normalization, denormalize, normalize
 from canvas_engineering.training.region_behaviour import region_behaviours
 
 __all__ = ["BatchValidationError", "CanvasModule", "NonFiniteLossError", "WarmupCosine", "schema_difference"]
+
+#: offset of the evaluation loss's generator seeds (apart from the sampled-future metrics', seeded by batch_idx)
+_EVALUATION_SEED = 0x5EED_0000
+
+
+def _evaluation_generator(batch_idx: int) -> torch.Generator:
+    """Return the CPU generator of the validation/test loss of batch ``batch_idx`` (seeded by it)."""
+    return torch.Generator().manual_seed(_EVALUATION_SEED + int(batch_idx))
 
 
 class CanvasModule(pl.LightningModule):
@@ -73,6 +83,10 @@ class CanvasModule(pl.LightningModule):
         sample_metric_steps: denoising steps for those samples (``None``: ``num_inference_steps``).
         horizon_weights: loss-weight factors of each region's predicted frames in order (first
             predicted frame first; frames beyond the list take its last entry); ``None``: all 1.
+        normalization: region -> ``{"mean": [...], "std": [...]}`` (per element, or per channel of a
+            patch region) the datamodule applied to the data (``EpisodeDataModule.normalization``;
+            the CLI links it); saved with the hyperparameters so :meth:`denormalize` maps outputs
+            back to data units. ``None``: the data was not normalised.
         registry: plugin registry of the backbone (``None``: :func:`~canvas_engineering.get_registry`;
             not saved).
 
@@ -101,6 +115,7 @@ class CanvasModule(pl.LightningModule):
         sample_metric_batches: int = 4,
         sample_metric_steps: int | None = None,
         horizon_weights: list[float] | None = None,
+        normalization: dict[str, dict[str, list[float]]] | None = None,
         registry: PluginRegistry | None = None,
     ) -> None:
         super().__init__()
@@ -114,6 +129,7 @@ class CanvasModule(pl.LightningModule):
         fed = {n: f for n, f in all_formats.items() if self.regions[n].compile_mode.has_codec}
         self.formats: dict[str, RegionFormat] = fed
         arguments.check_fed_regions(self.regions, fed, list(self.layout.regions))
+        normalization = check_normalization(normalization, fed)
         self.save_hyperparameters(ignore=["schema", "region_formats", "program", "registry"])
         arguments.check_hyperparameters(self.hparams)
         arguments.record_canvas_hyperparameters(self.hparams, schema, all_formats, given)
@@ -152,6 +168,19 @@ class CanvasModule(pl.LightningModule):
         #: scores of the sampled future and baselines, created on first use (not in the state dict)
         self.future_metrics = metrics.SampledFutureMetrics()
 
+    @property
+    def normalization(self) -> Normalization:
+        """Region -> the ``mean``/``std`` the training data was normalised with (``{}``: none)."""
+        return dict(self.hparams.get("normalization") or {})
+
+    def denormalize(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map region tensors (a batch, :meth:`sample` or :meth:`predict_step` output) to data units."""
+        return denormalize(outputs, self.normalization, self.formats)
+
+    def normalize(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map region tensors in data units to the units the model was trained on."""
+        return normalize(data, self.normalization, self.formats)
+
     def validate_batch(self, batch: Batch) -> int:
         """Check every fed region's tensor and return the batch size (:class:`BatchValidationError` names it)."""
         return validate_batch(batch, self.formats, self.layout)
@@ -174,20 +203,31 @@ class CanvasModule(pl.LightningModule):
         return {dec.name: dec(self.canvas.extract(tokens, dec.name)) for dec in self.decoders.values()}
 
     def forward(
-        self, batch: Batch, timestep: torch.Tensor, canvas: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        timestep: torch.Tensor,
+        canvas: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Predict every region's clean data at (B,) ``timestep``: ``(predictions, clean canvas)``.
 
-        Noises the encoded ``batch`` unless ``canvas`` is given (all in forward, for FSDP's root hooks).
+        Noises the encoded ``batch`` unless ``canvas`` is given (all in forward, for FSDP's root hooks),
+        with noise from ``generator`` (``None``: the global RNG).
         """
         clean = self.encode(batch)
-        x = self._noised(clean, timestep) if canvas is None else canvas
+        x = self._noised(clean, timestep, generator) if canvas is None else canvas
         decoded = self.decode(self.backbone(x, timestep))
         updates = self.update_masks(batch, self._held)
         return apply_frame_rules(decoded, batch, self.regions, self.predicted_frames, updates), clean
 
-    def _noised(self, clean: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        noisy = self.noise_process.add_noise(clean, torch.randn_like(clean), timestep)
+    def _noised(
+        self, clean: torch.Tensor, timestep: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if generator is None:
+            noise = torch.randn_like(clean)
+        else:  # drawn where the generator lives, then moved: the same numbers on every device
+            noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(clean)
+        noisy = self.noise_process.add_noise(clean, noise, timestep)
         return self.compose(noisy, clean)
 
     def compose(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -214,14 +254,19 @@ class CanvasModule(pl.LightningModule):
         updates = self.update_masks(batch, self._held)
         return losses.position_weights(self.position_weight, self.layout, list(self.formats), updates, b)
 
-    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, float]]]:
-        """Noise, predict, decode: the weighted loss and ``{region: (loss, weight)}`` (no logging)."""
-        timestep = self.noise_process.training_timesteps(self.validate_batch(batch), self.device)
-        pred, clean = self(batch, timestep)
+    def compute_loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, float]]]:
+        """Noise, predict, decode: the weighted loss and ``{region: (loss, weight)}`` (no logging).
+
+        Timesteps and noise come from ``generator`` (``None``: the global RNG, as in training).
+        """
+        timestep = self.noise_process.training_timesteps(self.validate_batch(batch), self.device, generator)
+        pred, clean = self(batch, timestep, generator=generator)
         return losses.weighted_loss(self.position_losses(pred, batch), self.position_weights(batch), pred, clean)
 
-    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        loss, regions = self.compute_loss(batch)
+    def _step(self, batch: Batch, stage: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        loss, regions = self.compute_loss(batch, generator)
         b = self.validate_batch(batch)
         losses.check_finite_loss(loss, regions, self.global_step, stage)  # every stage: NaN data is an error
         metrics.update_region_losses(self.metrics[f"{stage}_metrics"], regions, loss, b)
@@ -244,7 +289,9 @@ class CanvasModule(pl.LightningModule):
         self._evaluate(batch, batch_idx, "test")
 
     def _evaluate(self, batch: Batch, batch_idx: int, stage: str) -> None:
-        self._step(batch, stage)
+        # the same timesteps and noise for a batch at every evaluation, and the global RNG (training's
+        # draws, which a resumed fit must repeat exactly) is left alone
+        self._step(batch, stage, _evaluation_generator(batch_idx))
         if self.hparams.sample_metrics and batch_idx < self.hparams.sample_metric_batches:
             self.update_future_metrics(batch, batch_idx)
 

@@ -79,6 +79,7 @@ from canvas_engineering.typed.semantic import (
     compute_semantic_embeddings,
     hashing_embed,
 )
+from canvas_engineering.types import ConnectivityPolicy, LayoutStrategy  # published enums (compat alias)
 
 # The training layer needs the `train` extra (lightning, torchmetrics, diffusers): import it
 # on first use so the declarative core stays light.
@@ -125,10 +126,12 @@ __all__ = [
     "Connection",
     "ConnectionProgram",
     "ConnectionValidationError",
+    "ConnectivityPolicy",
     "CurriculumScheduler",
     "DuplicateRegistrationError",
     "Field",
     "FieldValidationError",
+    "LayoutStrategy",
     "LayoutValidationError",
     "LoopCheckpointError",
     "LoopedBlockWrapper",

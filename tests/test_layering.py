@@ -32,6 +32,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("callbacks and data", ("callbacks", "datamodules")),
     ("plugins", ("plugins",)),
     ("CLI", ("cli", "__main__")),
+    # the published package's module paths: thin re-exports of the layers below (README, "Migrating")
+    (
+        "compatibility aliases",
+        (
+            "canvas", "connectivity", "looped_block", "graft", "schema", "curriculum",
+            "sharpening", "checkpoint", "action_heads", "cogvideox", "types",
+        ),
+    ),
 ]
 
 

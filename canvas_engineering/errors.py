@@ -27,6 +27,7 @@ __all__ = [
     "DuplicateRegistrationError",
     "EpisodeDataError",
     "FieldValidationError",
+    "GraftedSaveError",
     "IncompatibleModelError",
     "LayoutValidationError",
     "LoopCheckpointError",
@@ -37,6 +38,7 @@ __all__ = [
     "PluginHostReentryError",
     "PluginLoadWarning",
     "PluginRegistrationError",
+    "PolicyError",
     "PrecisionError",
     "ProgramCycleError",
     "ProgramValidationError",
@@ -211,6 +213,13 @@ class VideoFolderError(CanvasValidationError):
         self.path = str(path)
 
 
+class GraftedSaveError(CanvasValidationError):
+    """diffusers' ``save_pretrained`` was called on a grafted transformer, which it cannot reload.
+
+    The message points to ``save_grafted_transformer`` / ``load_grafted_transformer``.
+    """
+
+
 class EpisodeDataError(CanvasValidationError):
     """An episode dataset (a LeRobot folder, arrays or a Hugging Face dataset) cannot be used.
 
@@ -271,6 +280,13 @@ class BatchValidationError(CanvasValidationError):
 
 class NonFiniteLossError(CanvasError, RuntimeError):
     """The training loss became NaN or infinite; training stops before anything is saved."""
+
+
+class PolicyError(CanvasValidationError):
+    """A policy cannot act: a bad observation (unknown or missing feature, wrong shape), argument or environment.
+
+    The message names the feature, argument or environment and the rule broken (with the expected shape).
+    """
 
 # -- end of canvas programs and CanvasModule ---------------------------------------------
 

@@ -71,7 +71,7 @@ from canvas_engineering.compilation.attention_mask import AttentionMask, check_k
 from canvas_engineering.compilation.compiler import AttentionPlan, compile_topology
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.topology import CanvasTopology
-from canvas_engineering.errors import CanvasValidationError
+from canvas_engineering.errors import CanvasValidationError, GraftedSaveError
 from canvas_engineering.models.action_head import ActionHead
 from canvas_engineering.models.looped import LoopedBlockWrapper
 from canvas_engineering.validation import check_choice, check_finite_float, check_positive_int
@@ -549,6 +549,22 @@ def wrap_transformer_blocks(model: nn.Module, max_loops: int = 3, checkpoint: bo
     return blocks
 
 
+class _RefuseDiffusersSave:
+    """Stands in for ``save_pretrained`` on a grafted model (an object, so the model still pickles)."""
+
+    def __init__(self, model_class: str) -> None:
+        self.model_class = model_class
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        msg = (
+            f"save_pretrained: this {self.model_class} is grafted (its blocks are LoopedBlockWrapper); diffusers' "
+            "from_pretrained would not read the wrapped blocks back and would initialise them anew. Use "
+            "canvas_engineering.save_grafted_transformer(model, folder, action_head=head) and "
+            "load_grafted_transformer(folder) instead"
+        )
+        raise GraftedSaveError(msg)
+
+
 def graft_looped_blocks(
     model: nn.Module,
     max_loops: int = 3,
@@ -623,6 +639,8 @@ def graft_looped_blocks(
     total = model_trainable + head_params
     model.freeze_strategy = freeze
     model.canvas_trainable_parameters = total
+    if hasattr(model, "save_pretrained"):  # diffusers' would write keys its from_pretrained cannot read
+        model.save_pretrained = _RefuseDiffusersSave(type(model).__name__)
     n_all = sum(p.numel() for p in model.parameters())
     logger.info(
         "graft_looped_blocks: %d %s blocks x %d loops, freeze=%r: %s trainable parameters "

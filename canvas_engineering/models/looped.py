@@ -109,6 +109,44 @@ class LoopedBlockWrapper(nn.Module):
             raise CanvasValidationError(msg)
         self.betas = values
 
+    def get_extra_state(self) -> torch.Tensor:
+        """Return ``[current_loops, *betas]`` as float64 (exact), so a plain ``state_dict`` keeps them.
+
+        A tensor rather than a dict, so safetensors files hold it like any weight.
+        """
+        return torch.tensor([float(self.current_loops), *self.betas], dtype=torch.float64)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the loops and betas from :meth:`get_extra_state`'s tensor (checked like the setters)."""
+        values = torch.as_tensor(state).detach().to("cpu", torch.float64).reshape(-1).tolist()
+        if len(values) != self.max_loops + 1 or not float(values[0]).is_integer():
+            msg = (
+                f"LoopedBlockWrapper: the saved loop state must be [current_loops, {self.max_loops} betas] "
+                f"with an integer loop count, got {values!r}"
+            )
+            raise CanvasValidationError(msg)
+        betas = values[1:]
+        self.set_loops(int(values[0]))
+        self.set_betas(betas)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # files written before the loop state was saved keep loading (their loops/betas come from elsewhere)
+        key = prefix + "_extra_state"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+
     def loop_parameters(self) -> list[nn.Parameter]:
         """Return the loop-specific parameters (embeddings), without the block's."""
         return [p for p in (self.loop_embeddings, self.stream_embeddings) if p is not None]

@@ -8,6 +8,7 @@ write modes), masks, losses, sampling, metrics and the optimiser live in
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -35,6 +36,7 @@ from canvas_engineering.training.noise_process import (
     make_noise_process,
 )
 from canvas_engineering.training.normalization import Normalization, check_normalization, denormalize, normalize
+from canvas_engineering.training.pretrained import load_pretrained, save_pretrained
 from canvas_engineering.training.region_behaviour import region_behaviours
 
 __all__ = ["BatchValidationError", "CanvasModule", "NonFiniteLossError", "WarmupCosine", "schema_difference"]
@@ -407,3 +409,72 @@ class CanvasModule(pl.LightningModule):
     def max_loops(self) -> int:
         """Loops of the backbone's looped blocks."""
         return int(self.backbone.max_loops)
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        data_description: str | None = None,
+    ) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a model card (``README.md``) to a folder.
+
+        The config holds every hyper-parameter (schema, program, region formats, backbone and
+        its configuration, noise process, normalisation statistics), the loops, the betas and
+        the package version; the weights carry a SHA-256 checked on load. See
+        :mod:`canvas_engineering.training.pretrained`.
+
+        Args:
+            save_directory: the folder (created if missing; files in it are replaced atomically).
+            metrics: final metrics for the model card (default: the trainer's ``callback_metrics``).
+            data_description: a sentence on the training data for the model card (default: the
+                schema's metadata).
+
+        Returns:
+            The folder.
+
+        """
+        return save_pretrained(self, save_directory, metrics=metrics, data_description=data_description)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_path: str | Path,
+        *,
+        registry: PluginRegistry | None = None,
+        allow_non_finite: bool = False,
+    ) -> CanvasModule:
+        """Load a folder written by :meth:`save_pretrained`, in eval mode.
+
+        ``pretrained_path`` is a local folder or, when no such path exists, a Hugging Face Hub
+        repository id (``owner/name``) fetched with ``huggingface_hub.snapshot_download``. The
+        loaded model gives the same outputs as the saved one, bit for bit.
+
+        Raises:
+            CheckpointFileError: the folder, config or weights are missing, foreign, damaged,
+                or hold non-finite weights (unless ``allow_non_finite``); the message names the file.
+
+        """
+        return load_pretrained(cls, pretrained_path, registry=registry, allow_non_finite=allow_non_finite)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload canvas-engineering model",
+        metrics: Mapping[str, float] | None = None,
+        data_description: str | None = None,
+    ) -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub (``huggingface_hub``); return its URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, metrics=metrics, data_description=data_description)
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))

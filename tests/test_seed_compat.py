@@ -14,10 +14,20 @@ tests need none of them.
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 import pytest
 
 import canvas_engineering
+from canvas_engineering import (
+    CanvasLayout,
+    CanvasSchema,
+    CanvasTopology,
+    Connection,
+    SchemaValidationError,
+)
+from canvas_engineering.declare.schema import SCHEMA_FORMAT_VERSION
 
 #: module path -> the names the published package gives there (the seed 0.1.0 file list plus
 #: the later ``types`` and ``TemporalFill``)
@@ -54,3 +64,130 @@ def test_published_enums_at_the_top_level_are_the_option_strings() -> None:
     assert LayoutStrategy is types.LayoutStrategy and ConnectivityPolicy is types.ConnectivityPolicy
     assert LayoutStrategy.PACKED == "packed" and ConnectivityPolicy.DENSE == "dense"
     assert {"LayoutStrategy", "ConnectivityPolicy"} <= set(canvas_engineering.__all__)
+
+
+# ---------------------------------------------------------------------------------------
+# schema files both ways
+# ---------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "published_schemas"
+#: every published release -> the fixture its to_json writes (0.1.1-0.1.5 write byte-identical
+#: files to 0.1.0, 0.4.0 and 0.4.2 to 0.3.0; checked when the fixtures were generated)
+RELEASES = {
+    **{v: "v0.1.0" for v in ("0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5")},
+    **{v: "v0.3.0" for v in ("0.3.0", "0.4.0", "0.4.2")},
+    "0.5.0": "v0.5.0",
+}
+
+
+def _fixture(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_published_robot_schema_loads_with_every_field(release: str) -> None:
+    schema = CanvasSchema.from_json(FIXTURES / f"{RELEASES[release]}_robot.json")
+    layout = schema.layout
+    assert (layout.T, layout.H, layout.W, layout.d_model, layout.t_current) == (8, 16, 16, 256, 2)
+    assert list(layout.regions) == ["visual", "action", "thought", "goal", "reward"]
+    action, thought, goal = layout.regions["action"], layout.regions["thought"], layout.regions["goal"]
+    assert action.loss_weight == 2.0 and action.embedding_model == "my/embedder"
+    assert action.semantic_embedding == (0.31, 0.08, -0.2, 0.1)
+    assert layout.regions["visual"].embedding_model is None  # the published default, undeclared here
+    assert (thought.period, thought.default_attn) == (2, "mamba")
+    assert goal.is_output is False and layout.regions["reward"].bounds == (2, 3, 15, 16, 4, 5)
+    conns = schema.topology.connections
+    assert [(c.src, c.dst, c.weight, c.t_src, c.t_dst, c.fn) for c in conns][1:5] == [
+        ("action", "visual", 0.5, None, None, None),
+        ("action", "action", 1.0, 0, 0, None),
+        ("action", "thought", 1.0, 0, -1, "gated"),
+        ("thought", "thought", 1.0, 0, -1, "copy"),
+    ]
+    assert schema.metadata["model"] == "CogVideoX-2B"
+    has_extras = RELEASES[release] != "v0.1.0"  # carrier / operator / write_mode arrived in 0.3.0
+    assert ("published_extras" in schema.metadata) == has_extras
+    if has_extras:
+        assert schema.metadata["published_extras"] == {
+            "carriers": {"action": "diffusive"},
+            "connections": [
+                {"index": 3, "src": "action", "dst": "thought", "operator": "predict", "write_mode": "gate"}
+            ],
+        }
+
+
+@pytest.mark.parametrize("name", ["v0.1.0_robot", "v0.3.0_robot", "v0.1.0_minimal"])
+def test_published_writer_reproduces_the_published_file(name: str) -> None:
+    # 0.1.0-0.4.2 write H/W: our published output is byte-for-byte their dict
+    data = _fixture(name)
+    written = CanvasSchema.from_dict(data).to_dict(format="published")
+    if "topology" not in data:  # no topology in the file means dense, which we write out
+        assert [(c["src"], c["dst"]) for c in written.pop("topology")] == [
+            (s, d) for s in data["regions"] for d in data["regions"]
+        ]
+    assert written == data
+
+
+def test_published_0_5_0_file_round_trips_through_our_published_writer() -> None:
+    data = _fixture("v0.5.0_robot")
+    written = CanvasSchema.from_dict(data).to_dict(format="published")
+    layout = data["layout"]
+    h, w = layout.pop("spatial_shape")
+    assert written["layout"] == {**layout, "H": h, "W": w}  # H/W: every release reads it, 0.5.0 too
+    assert {k: v for k, v in written.items() if k != "layout"} == {k: v for k, v in data.items() if k != "layout"}
+
+
+def test_one_dimensional_published_grid_keeps_its_flat_positions() -> None:
+    schema = CanvasSchema.from_json(FIXTURES / "v0.5.0_1d.json")
+    assert (schema.layout.T, schema.layout.H, schema.layout.W) == (4, 32, 1)
+    # 0.5.0: position = t * 32 + s
+    assert schema.layout.region_indices("act").tolist() == [t * 32 + s for t in range(4) for s in (24, 25)]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("v*.json")))
+def test_published_file_round_trips_in_both_formats(name: str, tmp_path: Path) -> None:
+    schema = CanvasSchema.from_json(FIXTURES / f"{name}.json")
+    for fmt in ("native", "published"):
+        path = tmp_path / f"{fmt}.json"
+        schema.to_json(path, format=fmt)
+        again = CanvasSchema.from_json(path)
+        assert again == schema
+    assert json.loads((tmp_path / "native.json").read_text())["version"] == SCHEMA_FORMAT_VERSION
+
+
+def test_native_format_stays_the_default_and_strict() -> None:
+    schema = CanvasSchema.from_json(FIXTURES / "v0.1.0_robot.json")
+    data = json.loads(schema.to_json())
+    assert data["version"] == SCHEMA_FORMAT_VERSION and "regions" in data["layout"]
+    data["layout"]["spatial_shape"] = [16, 16]  # a published key is not one of ours
+    with pytest.raises(SchemaValidationError, match=r"unknown key 'layout.spatial_shape'"):
+        CanvasSchema.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["regions"]["goal"].update(perod=2), r"unknown key 'regions.goal.perod' \(did you mean 'period'"),
+        (lambda d: d["topology"][0].update(temporal_fill="drop"), r"unknown key 'topology\[0\].temporal_fill'"),
+        (lambda d: d.update(version=1), r"unknown key 'version'"),
+        (lambda d: d["layout"].pop("W"), r"missing key 'layout.W'"),
+        (lambda d: d["layout"].update(spatial_shape=[16, 16]), r"both 'spatial_shape' and 'H'/'W'"),
+        (lambda d: d["layout"].update(H=2), r"key 'layout'.*outside the grid"),
+        (lambda d: d.update(schema_version=2), r"key 'schema_version' is 2"),
+        (lambda d: d["regions"]["goal"].update(loss_weight="x"), r"key 'regions.goal'.*loss_weight"),
+    ],
+)
+def test_published_reader_accepts_exactly_the_published_keys(edit, message: str) -> None:
+    data = _fixture("v0.1.0_robot")
+    edit(data)
+    with pytest.raises(SchemaValidationError, match=message):
+        CanvasSchema.from_dict(data, where="schema file 'robot.json'")
+
+
+def test_published_writer_refuses_what_published_files_cannot_carry() -> None:
+    layout = CanvasLayout(T=4, H=2, W=2, d_model=8, regions={"a": (0, 4, 0, 1, 0, 2), "b": (0, 2, 1, 2, 0, 2)})
+    conn = Connection("a", "b", t_src=0, t_dst=0, temporal_fill="interpolate")
+    schema = CanvasSchema(layout, CanvasTopology([conn]))
+    with pytest.raises(SchemaValidationError, match=r"connection 'a'->'b' \(#0\): temporal_fill='interpolate'"):
+        schema.to_json(format="published")
+    with pytest.raises(SchemaValidationError, match=r"format='v1' must be one of 'native', 'published'"):
+        schema.to_json(format="v1")

@@ -6,21 +6,33 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from canvas_engineering._json_source import check_keys, dumps_strict, read_json_source, write_json
 from canvas_engineering.declare.layout import CanvasLayout
+from canvas_engineering.declare.published_format import is_published, read_published, write_published
 from canvas_engineering.declare.region import RegionSpec, validate_embedding
 from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError, SchemaValidationError
 from canvas_engineering.validation import check_finite_float, is_int
 
-__all__ = ["SCHEMA_FORMAT_VERSION", "CanvasSchema", "transfer_distance"]
+__all__ = ["SCHEMA_FORMAT_VERSION", "SchemaFormat", "CanvasSchema", "transfer_distance"]
 
 #: Version written into every schema file.
 SCHEMA_FORMAT_VERSION = 1
+
+#: ``"native"``: this library's format (the default, with ``version``); ``"published"``: the
+#: format of the published canvas-engineering packages (see ``declare/published_format.py``).
+SchemaFormat = Literal["native", "published"]
+_FORMATS = ("native", "published")
+
+
+def _check_format(format: object) -> None:
+    if format not in _FORMATS:
+        msg = f"CanvasSchema: format={format!r} must be one of {', '.join(map(repr, _FORMATS))}"
+        raise SchemaValidationError(msg)
 
 
 def _embedding(x: RegionSpec | Sequence[float] | torch.Tensor, side: str) -> torch.Tensor:
@@ -100,8 +112,21 @@ class CanvasSchema:
 
     # -- serialisation ------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``version``, ``layout``, ``topology``, ``metadata``)."""
+    def to_dict(self, format: SchemaFormat = "native") -> dict[str, Any]:
+        """JSON-ready dict (``version``, ``layout``, ``topology``, ``metadata``).
+
+        ``format="published"`` gives the published packages' layout instead (``schema_version``,
+        ``layout``, ``regions``, ``topology`` list, ``metadata``), which every published release reads.
+
+        Raises:
+            SchemaValidationError: an unknown ``format``, or the schema holds what the published
+                format cannot carry (a connection's ``temporal_fill`` other than ``hold`` or
+                ``interpolation_order`` other than 1; the message names the connection).
+
+        """
+        _check_format(format)
+        if format == "published":
+            return write_published(self.layout, self.topology, self.metadata)
         return {
             "version": SCHEMA_FORMAT_VERSION,
             "layout": self.layout.to_dict(),
@@ -109,20 +134,24 @@ class CanvasSchema:
             "metadata": self.metadata,
         }
 
-    def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+    def to_json(
+        self, path: str | os.PathLike[str] | None = None, indent: int = 2, format: SchemaFormat = "native"
+    ) -> str:
         """Return the schema as JSON text; with ``path``, also written there atomically (temp file + rename).
 
-        Missing parent folders of ``path`` are created.
+        Missing parent folders of ``path`` are created. ``format="published"`` writes a file the
+        published canvas-engineering packages (0.1.0-0.5.0) read (see :meth:`to_dict`).
 
         Raises:
             OSError: ``path`` cannot be written (the message names ``path``).
+            SchemaValidationError: see :meth:`to_dict`; nothing is written.
 
         """
-        return write_json(self.to_dict(), path, indent, kind="schema", error=SchemaValidationError)
+        return write_json(self.to_dict(format), path, indent, kind="schema", error=SchemaValidationError)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str]) -> CanvasSchema:
-        """Load from JSON text or a file path (strictly: see :meth:`from_dict`).
+        """Load from JSON text or a file path (strictly: see :meth:`from_dict`), ours or a published package's.
 
         Raises:
             SchemaValidationError: naming the file (or ``schema JSON``) and the rule broken: the
@@ -145,11 +174,22 @@ class CanvasSchema:
         field optional) are required; ``version`` defaults to the current one and ``metadata``
         to ``{}``. Any other key is an error: a misspelled key is never ignored for a default.
 
+        A file written by the published packages (it has ``schema_version`` or a top-level
+        ``regions``) is read by their keys instead, exactly those keys and no others (see
+        ``canvas_engineering.declare.published_format``).
+
         Raises:
             SchemaValidationError: naming ``where`` and the key.
             ConnectionValidationError: a connection names a region the layout lacks.
 
         """
+        if is_published(data):
+            layout, topology, metadata = read_published(data, where)
+            try:
+                return cls(layout=layout, topology=topology, metadata=metadata)
+            except SchemaValidationError as err:
+                msg = f"{where}: key 'metadata': {err}"
+                raise SchemaValidationError(msg) from None
         reader = _KeyReader(where)
         root = reader.keys(data, "schema", "")
         version = root.get("version", SCHEMA_FORMAT_VERSION)

@@ -94,6 +94,10 @@ from canvas_engineering.types import ConnectivityPolicy, LayoutStrategy  # publi
 # on first use so the declarative core stays light.
 _LAZY = {
     "CanvasModule": "canvas_engineering.training.module",
+    "CanvasPolicy": "canvas_engineering.policy",
+    "PolicyEvaluation": "canvas_engineering.policy",
+    "PolicyError": "canvas_engineering.errors",
+    "evaluate_policy": "canvas_engineering.policy",
     "RegionFormat": "canvas_engineering.models.region_codecs",
 }
 
@@ -109,6 +113,10 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BatchValidationError",
     "CanvasModule",
+    "CanvasPolicy",
+    "PolicyError",
+    "PolicyEvaluation",
+    "evaluate_policy",
     "NonFiniteLossError",
     "RegionFormat",
     "ATTENTION_TYPES",

@@ -12,13 +12,15 @@ region attends itself in its frame and every region one frame back), plus same-f
 plan <- obs, action <- obs and plan, reward <- obs, action and plan. No query sees a later
 frame, so the action at frame ``t`` depends on observations up to ``t`` only.
 
-Control: at every env step the last ``frames`` observations fill the window, the current one
-at the last filled frame; ``CanvasModule.sample`` denoises the actions and the argmax of the
-one-hot at the current frame is played. Reported: action accuracy on held-out rollout windows
-(against the data's actions, whose ceiling is below 1 since some were random, and against the
-heuristic the data was played with), mean episode return of the learned policy, a seeded
-random policy and the heuristic itself, and a PCA picture of the plan field coloured by pole
-angle.
+Control: ``CanvasPolicy`` wraps the trained model: at every env step it places the last
+``frames`` observations (normalised with the statistics stored in the model) on the canvas,
+the current one at the last filled frame, samples the actions and plays the argmax of the
+one-hot at the current frame; ``evaluate_policy`` plays 20 seeded CartPole-v1 episodes in
+lock-step. Reported: action accuracy on held-out rollout windows (against the data's actions,
+whose ceiling is below 1 since some were random, and against the heuristic the data was played
+with), mean episode return of the learned policy, a seeded random policy and the heuristic
+itself (the same ``evaluate_policy`` and env seeds; the learned policy's returns also as
+``learned_returns.json``), and a PCA picture of the plan field coloured by pole angle.
 
     python examples/cartpole_control.py [--quick] [--out DIR]
 """
@@ -123,63 +125,25 @@ def held_out_accuracy(model: Any, dm: Any, steps: int, seed: int) -> dict[str, A
     }
 
 
-@torch.no_grad()
-def learned_policy_returns(model: Any, episodes: int, max_steps: int, steps: int, seed: int) -> list[float]:
-    """Play ``episodes`` CartPole-v1 episodes in lock-step, one batched ``sample`` per env step."""
-    import gymnasium as gym
-    from canvas_engineering.datamodules.cartpole import OBS_SCALE
+class ScriptedPolicy:
+    """A baseline with the policy interface ``evaluate_policy`` plays: seeded random actions or the data's heuristic."""
 
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    envs = [gym.make("CartPole-v1", max_episode_steps=max_steps) for _ in range(episodes)]
-    history = [[env.reset(seed=seed + 1000 + i)[0] / OBS_SCALE] for i, env in enumerate(envs)]
-    returns = [0.0] * episodes
-    alive = list(range(episodes))
-    try:
-        while alive:
-            b = len(alive)
-            obs = torch.zeros(b, FRAMES, 4)
-            current = []
-            for row, i in enumerate(alive):
-                window = history[i][-FRAMES:]
-                obs[row, : len(window)] = torch.tensor(np.asarray(window), dtype=torch.float32)
-                current.append(len(window) - 1)
-            batch = {"obs": obs, "action": torch.zeros(b, FRAMES, 2), "reward": torch.zeros(b, FRAMES, 1)}
-            actions = model.sample(batch, num_inference_steps=steps, generator=gen)["action"]  # (b, T, 2)
-            still = []
-            for row, i in enumerate(alive):
-                action = int(actions[row, current[row]].argmax())
-                ob, reward, terminated, truncated, _ = envs[i].step(action)
-                returns[i] += float(reward)
-                history[i].append(ob / OBS_SCALE)
-                if not (terminated or truncated):
-                    still.append(i)
-            alive = still
-    finally:
-        for env in envs:
-            env.close()
-    return returns
+    observations = ("obs",)
 
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind, self.rng = kind, np.random.default_rng(seed)
 
-def scripted_returns(policy: str, episodes: int, max_steps: int, seed: int) -> list[float]:
-    """Episode returns of the seeded random policy or of the data's heuristic (same env seeds)."""
-    import gymnasium as gym
-    from canvas_engineering.datamodules.cartpole import heuristic_action
+    def reset(self, env_ids: Any = None) -> None:
+        """Nothing to forget: both act on the current observation only."""
 
-    rng = np.random.default_rng(seed)
-    returns = []
-    for i in range(episodes):
-        env = gym.make("CartPole-v1", max_episode_steps=max_steps)
-        obs, _ = env.reset(seed=seed + 1000 + i)
-        total, done = 0.0, False
-        while not done:
-            action = int(rng.integers(2)) if policy == "random" else heuristic_action(obs)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        env.close()
-        returns.append(total)
-    return returns
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """Return one action per row of ``observation["obs"]`` (raw CartPole observations)."""
+        obs = np.asarray(observation["obs"])
+        if self.kind == "random":
+            return self.rng.integers(2, size=obs.shape[0])
+        from canvas_engineering.datamodules.cartpole import heuristic_action
+
+        return np.array([heuristic_action(o) for o in obs])
 
 
 def plan_pca(plan: torch.Tensor, angle: torch.Tensor, lean: torch.Tensor) -> dict[str, Any]:
@@ -257,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cfg[key] = getattr(args, key)
 
     from canvas_engineering.datamodules import CartPoleDataModule
+    from canvas_engineering.datamodules.cartpole import OBS_SCALE
 
-    from canvas_engineering import CanvasModule, compile_topology
+    from canvas_engineering import CanvasModule, CanvasPolicy, compile_topology, evaluate_policy
     from canvas_engineering.viz import layout_figure, mask_figure
 
     dm = CartPoleDataModule(
@@ -271,19 +236,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = CanvasModule(
         schema, dm.region_formats, backbone="canvas_dit", backbone_config={"depth": cfg["depth"], "n_heads": 4},
         lr=1e-3, warmup_steps=min(50, cfg["steps"] // 5),
+        # the datamodule divides observations by OBS_SCALE: stored with the model, the policy applies it to raw ones
+        normalization={"obs": {"mean": [0.0] * 4, "std": OBS_SCALE.tolist()}},
     )
     print(f"training {cfg['steps']} steps...", flush=True)
     run = fit(model, dm, cfg["steps"])
 
     held = held_out_accuracy(model, dm, cfg["inference_steps"], args.seed)
     print(f"playing {cfg['episodes']} episodes per policy...", flush=True)
-    returns = {
-        "learned": learned_policy_returns(
-            model, cfg["episodes"], cfg["max_episode_steps"], cfg["inference_steps"], args.seed
-        ),
-        "random": scripted_returns("random", cfg["episodes"], cfg["max_episode_steps"], args.seed),
-        "heuristic": scripted_returns("heuristic", cfg["episodes"], cfg["max_episode_steps"], args.seed),
+    policies = {
+        "learned": CanvasPolicy(model, num_inference_steps=cfg["inference_steps"], seed=args.seed),
+        "random": ScriptedPolicy("random", args.seed),
+        "heuristic": ScriptedPolicy("heuristic", args.seed),
     }
+    evaluations = {
+        name: evaluate_policy(
+            policy, "CartPole-v1", episodes=cfg["episodes"], seed=args.seed + 1000,
+            max_episode_steps=cfg["max_episode_steps"], progress=False,
+        )
+        for name, policy in policies.items()
+    }
+    evaluations["learned"].to_json(args.out / "learned_returns.json")
+    returns = {name: evaluation.returns for name, evaluation in evaluations.items()}
     pca = plan_pca(held["plan"], held["angle"], held["lean"])
 
     ex.save(pca_figure(pca, held["angle"], held["chosen"]), "plan_pca.png")
@@ -328,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "plan_angle_corr": pca["angle_corr"],
         "plan_lean_corr": pca["lean_corr"],
         "train_seconds": run["seconds"],
+        "evaluation": evaluations["learned"].to_dict(),
         "figures": dict(ex.figures),
         "seconds": ex.elapsed(),
     }

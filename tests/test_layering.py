@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models", "integrations")),
     ("training", ("training", "viz")),
     ("callbacks and data", ("callbacks", "datamodules")),
+    ("policy", ("policy",)),
     ("plugins", ("plugins",)),
     ("CLI", ("cli", "__main__")),
     # the published package's module paths: thin re-exports of the layers below (README, "Migrating")

@@ -82,7 +82,7 @@ def _plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
     return 0
 
 
-TOOLS = ("demo", "schema", "plugins")
+TOOLS = ("demo", "schema", "plugins", "rollout")
 
 
 def _tools(argv: Sequence[str], registry: PluginRegistry | None) -> int:
@@ -98,6 +98,9 @@ def _tools(argv: Sequence[str], registry: PluginRegistry | None) -> int:
     plugins = sub.add_parser("plugins", help="list the registered attention types, backbones and datamodules")
     plugins.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     plugins.set_defaults(run=lambda args: _plugins(args, registry if registry is not None else get_registry()))
+    from canvas_engineering.cli.rollout import add_rollout_parser
+
+    add_rollout_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

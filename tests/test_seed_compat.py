@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import canvas_engineering
 from canvas_engineering import (
@@ -25,7 +26,10 @@ from canvas_engineering import (
     CanvasSchema,
     CanvasTopology,
     Connection,
+    RegionSpec,
     SchemaValidationError,
+    SpatiotemporalCanvas,
+    transfer_distance,
 )
 from canvas_engineering.declare.schema import SCHEMA_FORMAT_VERSION
 
@@ -191,3 +195,133 @@ def test_published_writer_refuses_what_published_files_cannot_carry() -> None:
         schema.to_json(format="published")
     with pytest.raises(SchemaValidationError, match=r"format='v1' must be one of 'native', 'published'"):
         schema.to_json(format="v1")
+
+
+# ---------------------------------------------------------------------------------------
+# behaviour on the seed README's examples, against what published 0.5.0 computes
+# ---------------------------------------------------------------------------------------
+
+BEHAVIOUR = json.loads((FIXTURES / "behaviour_0.5.0.json").read_text())
+ROBOT_REGIONS = {"visual": (0, 5, 0, 6, 0, 6), "action": (0, 5, 6, 7, 0, 1), "reward": (2, 3, 7, 8, 0, 1)}
+
+
+def _mask_classes(mask: torch.Tensor, layout: CanvasLayout) -> set[tuple]:
+    """The mask by (query region, query frame, key region, key frame, weight), as the fixture stores it."""
+    names = [*layout.regions, "(unassigned)"]
+    rid, frame = layout.position_region_ids, layout.position_frames
+    q, k = mask.nonzero(as_tuple=True)
+    w = mask[q, k]
+    rows = torch.stack([rid[q], frame[q], rid[k], frame[k]], 1).tolist()
+    return {(names[a], b, names[c], d, round(float(x), 6)) for (a, b, c, d), x in zip(rows, w.tolist(), strict=True)}
+
+
+def test_robot_canvas_matches_published() -> None:
+    want = BEHAVIOUR["robot"]
+    layout = CanvasLayout(T=5, H=8, W=8, d_model=256, regions=ROBOT_REGIONS, t_current=2)
+    assert layout.num_positions == want["num_positions"]
+    assert list(SpatiotemporalCanvas(layout).create_empty(batch_size=4).shape) == want["create_empty_shape"]
+    for name, indices in want["region_indices"].items():
+        assert layout.region_indices(name).tolist() == indices
+    assert {n: list(layout.region_size(n)) for n in layout.regions} == want["region_size"]
+    # published: a list of flat indices; here a bool (N,) tensor over the same positions
+    assert layout.output_mask().nonzero().flatten().tolist() == want["output_mask"]
+    assert layout.loss_weight_mask().tolist() == want["loss_weight_mask"]
+
+
+def test_causal_temporal_matches_published_except_holding_past_a_region_end() -> None:
+    want = BEHAVIOUR["robot"]["causal_temporal_mask"]
+    layout = CanvasLayout(T=5, H=8, W=8, d_model=256, regions=ROBOT_REGIONS, t_current=2)
+    got = _mask_classes(CanvasTopology.causal_temporal(list(ROBOT_REGIONS)).to_attention_mask(layout), layout)
+    published = {tuple(c) for c in want["classes"]}
+    assert got <= published
+    # The one documented difference (README, "Migrating"): the published HOLD keeps reading the
+    # single-frame 'reward' region (frame 2) at every later frame; here a frame holds for one
+    # period, so frames 4 read nothing from reward (frame 3 still reads it, at t_dst=-1).
+    assert published - got == {("action", 4, "reward", 2, 1.0), ("visual", 4, "reward", 2, 1.0)}
+
+
+def test_frequency_example_matches_published() -> None:
+    want = BEHAVIOUR["frequency"]
+    layout = CanvasLayout(
+        T=16, H=32, W=32, d_model=768,
+        regions={
+            "screen": (0, 16, 0, 24, 0, 24),
+            "mouse": RegionSpec(bounds=(0, 16, 24, 26, 0, 4), period=1, loss_weight=2.0),
+            "thought": RegionSpec(bounds=(0, 4, 28, 32, 0, 8), period=4, loss_weight=1.0),
+            "task_prompt": RegionSpec(bounds=(0, 1, 26, 28, 0, 4), is_output=False),
+        },
+    )
+    w = layout.loss_weight_mask()
+    assert {n: float(w[layout.region_indices(n)].sum()) for n in layout.regions} == want["loss_weight_sum"]
+    assert {str(k): layout.real_frame("thought", canvas_t=k) for k in range(4)} == want["real_frame"]
+    assert {str(r): layout.canvas_frame("thought", real_t=r) for r in range(16)} == want["canvas_frame"]
+
+
+def test_multi_robot_topology_matches_published() -> None:
+    want = BEHAVIOUR["multi_robot"]
+    names = ["robot1_cam", "robot1_action", "robot2_cam", "robot2_action", "shared_task"]
+    layout = CanvasLayout(
+        T=2, H=4, W=4, d_model=32,
+        regions={
+            "robot1_cam": (0, 2, 0, 2, 0, 2), "robot1_action": (0, 2, 0, 1, 2, 3),
+            "robot2_cam": (0, 2, 2, 4, 0, 2), "robot2_action": (0, 2, 2, 3, 2, 3),
+            "shared_task": (0, 1, 3, 4, 3, 4),
+        },
+    )
+    topology = CanvasTopology([
+        *[Connection(n, n) for n in names],
+        Connection("robot1_action", "robot1_cam"), Connection("robot2_action", "robot2_cam"),
+        Connection("robot1_cam", "robot2_cam", weight=0.5), Connection("robot2_cam", "robot1_cam", weight=0.5),
+        Connection("shared_task", "robot1_cam"), Connection("shared_task", "robot2_cam"),
+        Connection("robot1_action", "shared_task"), Connection("robot2_action", "shared_task"),
+    ])
+    mask = topology.to_attention_mask(layout)
+    assert list(mask.shape) == want["attention_mask"]["shape"]
+    assert int((mask != 0).sum()) == want["attention_mask"]["nonzero"]
+    assert _mask_classes(mask, layout) == {tuple(c) for c in want["attention_mask"]["classes"]}
+    assert [list(op) for op in topology.attention_ops()] == want["attention_ops"]
+
+
+@pytest.mark.parametrize("name", ["dense", "isolated", "hub_spoke", "causal_chain"])
+def test_constructors_match_published(name: str) -> None:
+    args = {"dense": (["a", "b", "c"],), "isolated": (["a", "b", "c"],), "hub_spoke": ("task", ["r1", "r2"]),
+            "causal_chain": (["obs", "plan", "act"],)}[name]
+    topology = getattr(CanvasTopology, name)(*args)
+    got = [[c.src, c.dst, c.weight, c.t_src, c.t_dst] for c in topology.connections]
+    assert got == BEHAVIOUR["constructors"][name]
+
+
+def test_causal_temporal_constructor_has_the_published_connections() -> None:
+    # same set of (src, dst, t_src, t_dst) operations, listed in another order
+    got = CanvasTopology.causal_temporal(["obs", "act"]).connections
+    assert sorted([c.src, c.dst, c.weight, c.t_src, c.t_dst] for c in got) == sorted(
+        BEHAVIOUR["constructors"]["causal_temporal"]
+    )
+
+
+def test_schedules_and_distance_match_published() -> None:
+    from canvas_engineering.curriculum import CurriculumScheduler
+    from canvas_engineering.sharpening import SharpeningSchedule
+
+    sched = CurriculumScheduler(max_loops=3, total_steps=5000)
+    assert {s: sched.get_loops(int(s)) for s in BEHAVIOUR["curriculum"]} == BEHAVIOUR["curriculum"]
+    sharp = SharpeningSchedule(max_loops=3, beta_min=1.0, beta_max=4.0)
+    assert [sharp(i) for i in range(3)] == BEHAVIOUR["sharpening"]
+    a = RegionSpec(bounds=(0, 1, 0, 1, 0, 1), semantic_embedding=(1.0, 0.0, 0.5))
+    b = RegionSpec(bounds=(0, 1, 0, 1, 0, 1), semantic_embedding=(0.8, 0.3, 0.4))
+    assert transfer_distance(a, b) == pytest.approx(BEHAVIOUR["transfer_distance"], abs=1e-6)  # published: float32
+
+
+def test_typed_layer_accepts_the_enum_spellings() -> None:
+    from dataclasses import dataclass
+
+    from canvas_engineering.types import ConnectivityPolicy, Field, LayoutStrategy, compile_schema
+
+    @dataclass
+    class Robot:
+        cam: Field = Field(2, 2)
+        arm: Field = Field(1, 1)
+
+    by_enum = compile_schema(Robot(), connectivity=ConnectivityPolicy.DENSE, layout_strategy=LayoutStrategy.ROWS)
+    by_name = compile_schema(Robot(), connectivity="dense", layout_strategy="rows")
+    assert by_enum.layout == by_name.layout and by_enum.topology == by_name.topology

@@ -20,7 +20,9 @@ lock-step. Reported: action accuracy on held-out rollout windows (against the da
 whose ceiling is below 1 since some were random, and against the heuristic the data was played
 with), mean episode return of the learned policy, a seeded random policy and the heuristic
 itself (the same ``evaluate_policy`` and env seeds; the learned policy's returns also as
-``learned_returns.json``), and a PCA picture of the plan field coloured by pole angle.
+``learned_returns.json``), and a PCA picture of the plan field coloured by pole angle. The
+trained model is saved with ``save_pretrained`` to ``<out>/pretrained``, so
+``canvas-engineering rollout --pretrained <out>/pretrained --env CartPole-v1`` plays it again.
 
     python examples/cartpole_control.py [--quick] [--out DIR]
 """
@@ -257,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, policy in policies.items()
     }
     evaluations["learned"].to_json(args.out / "learned_returns.json")
+    # the trained model as a folder: `canvas-engineering rollout --pretrained <out>/pretrained --env CartPole-v1`
+    pretrained = model.save_pretrained(args.out / "pretrained", metrics={"held_out_accuracy": held["accuracy"]})
     returns = {name: evaluation.returns for name, evaluation in evaluations.items()}
     pca = plan_pca(held["plan"], held["angle"], held["lean"])
 
@@ -303,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "plan_lean_corr": pca["lean_corr"],
         "train_seconds": run["seconds"],
         "evaluation": evaluations["learned"].to_dict(),
+        "pretrained": str(pretrained),
         "figures": dict(ex.figures),
         "seconds": ex.elapsed(),
     }

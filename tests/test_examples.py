@@ -88,6 +88,10 @@ def test_cartpole_control_quick(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert finite(*result["plan_explained"], *result["plan_angle_corr"])
     check_figures(result["figures"], tmp_path, {"plan_pca", "returns", "layout", "attention_mask"})
     assert "episode return" in capsys.readouterr().out
+    # played through CanvasPolicy / evaluate_policy: the learned returns as JSON, the model as a pretrained folder
+    saved = json.loads((tmp_path / "learned_returns.json").read_text())
+    assert saved["returns"] == result["returns"]["learned"] and saved["env_id"] == "CartPole-v1"
+    assert (Path(result["pretrained"]) / "model.safetensors").is_file()
 
 
 def test_episodes_to_canvas_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,8 @@
 * :class:`RNGState`: random-generator states in Lightning checkpoints, for bit-exact resumes.
 * :class:`CanvasPictures`: layout, attention mask and predictions vs targets in TensorBoard.
 * :class:`EMAWeights`: an exponential moving average of the weights (Lightning's ``WeightAveraging``).
+* :class:`CanvasPredictionWriter`: ``predict_step``'s outputs as safetensors files with a JSON index.
+* :class:`HParamsMetric`: the validation loss as TensorBoard's ``hp_metric``.
 
 Example::
 
@@ -22,14 +24,19 @@ from __future__ import annotations
 from canvas_engineering.callbacks.averaging import EMAWeights
 from canvas_engineering.callbacks.checkpoints import LoopCheckpoint, RNGState
 from canvas_engineering.callbacks.loops import AttentionSharpening, LoopCurriculum
+from canvas_engineering.callbacks.metrics import HParamsMetric
 from canvas_engineering.callbacks.pictures import CanvasPictures, prediction_figure
+from canvas_engineering.callbacks.predictions import CanvasPredictionWriter, flatten_prediction
 
 __all__ = [
     "AttentionSharpening",
     "CanvasPictures",
+    "CanvasPredictionWriter",
     "EMAWeights",
+    "HParamsMetric",
     "LoopCheckpoint",
     "LoopCurriculum",
     "RNGState",
+    "flatten_prediction",
     "prediction_figure",
 ]

@@ -93,7 +93,9 @@ class LoopCheckpoint(Callback):
     ``ModelCheckpoint`` there.
 
     Args:
-        dirpath: directory of the files (created when missing).
+        dirpath: directory of the files (created when missing); ``None``: ``loops/`` in the
+            trainer's ``log_dir`` (the run's versioned folder, like ``ModelCheckpoint``'s
+            ``checkpoints/``), resolved when the trainer sets up, so runs never overwrite each other.
         every_n_steps: optimizer steps between files (>= 0; 0 writes only the last file).
         save_last: write ``last_filename`` at the end of training.
         filename: template of the periodic files; ``{step}`` and ``{epoch}`` are filled in.
@@ -118,15 +120,15 @@ class LoopCheckpoint(Callback):
 
     def __init__(
         self,
-        dirpath: str | os.PathLike[str],
+        dirpath: str | os.PathLike[str] | None = None,
         every_n_steps: int = 100,
         save_last: bool = True,
         filename: str = "loops-step{step}.pt",
         last_filename: str = "loops-last.pt",
     ) -> None:
         super().__init__()
-        if not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath):
-            msg = f"LoopCheckpoint: dirpath={dirpath!r} must be a non-empty path"
+        if dirpath is not None and (not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath)):
+            msg = f"LoopCheckpoint: dirpath={dirpath!r} must be a non-empty path or None (the run's log_dir/loops)"
             raise CanvasValidationError(msg)
         check_non_negative_int(every_n_steps, "LoopCheckpoint: every_n_steps")
         if every_n_steps == 0 and not save_last:
@@ -143,7 +145,8 @@ class LoopCheckpoint(Callback):
             if not rendered or Path(rendered).name != rendered:
                 msg = f"LoopCheckpoint: {name}={template!r} must be a file name without directories"
                 raise CanvasValidationError(msg)
-        self.dirpath = Path(dirpath)
+        self._given_dirpath = dirpath
+        self.dirpath: Path | None = Path(dirpath) if dirpath is not None else None
         self.every_n_steps = every_n_steps
         self.save_last = bool(save_last)
         self.filename = filename
@@ -154,10 +157,26 @@ class LoopCheckpoint(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(dirpath=str(self.dirpath), every_n_steps=self.every_n_steps)
+        # the folder as given: a resumed run (a new log_dir) still finds this callback's state
+        given = self._given_dirpath
+        dirpath = str(given) if given is not None else None
+        return self._generate_state_key(dirpath=dirpath, every_n_steps=self.every_n_steps)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "loops"
 
     def path_for(self, step: int, epoch: int = 0) -> Path:
-        """Return the periodic file of ``step`` (and ``epoch``)."""
+        """Return the periodic file of ``step`` (and ``epoch``).
+
+        Raises:
+            CanvasValidationError: ``dirpath`` was ``None`` and no trainer has set it up yet.
+
+        """
+        if self.dirpath is None:
+            msg = "LoopCheckpoint: dirpath=None is resolved to <log_dir>/loops when the trainer sets up; not yet"
+            raise CanvasValidationError(msg)
         return self.dirpath / self.filename.format(step=step, epoch=epoch)
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
@@ -186,11 +205,8 @@ class LoopCheckpoint(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last:
-            self._save(
-                trainer,
-                pl_module,
-                self.dirpath / self.last_filename.format(step=trainer.global_step, epoch=trainer.current_epoch),
-            )
+            last = self.last_filename.format(step=trainer.global_step, epoch=trainer.current_epoch)
+            self._save(trainer, pl_module, self.path_for(0).with_name(last))
 
     @override
     def state_dict(self) -> dict[str, Any]:

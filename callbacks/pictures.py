@@ -160,15 +160,18 @@ class CanvasPictures(Callback):
 
     The pictures go to the first ``TensorBoardLogger`` of the trainer. With ``save_dir``, PNG
     files are written there too (``layout.png``, ``attention_mask.png``,
-    ``predictions_<region>.png``, the latest overwriting the previous). Without either, the
-    callback warns once and does nothing.
+    ``predictions_<region>.png``, the latest overwriting the previous); ``save_png=True``
+    without ``save_dir`` writes them to ``pictures/`` in the trainer's ``log_dir`` (the run's
+    versioned folder), so two runs never overwrite each other's pictures. Without a
+    TensorBoard logger or PNG files, the callback warns once and does nothing.
 
     Args:
         every_n_epochs: epochs between prediction pictures (>= 1).
         num_samples: batch items drawn (>= 1).
         num_inference_steps: denoising steps of the sampled prediction (>= 1).
         seed: seed of the sampling noise.
-        save_dir: also write PNG files to this directory (``None``: TensorBoard only).
+        save_dir: also write PNG files to this directory (``None``: see ``save_png``).
+        save_png: with ``save_dir=None``, write the PNG files to ``<trainer.log_dir>/pictures``.
 
     Raises:
         CanvasValidationError: an argument is out of range.
@@ -192,6 +195,7 @@ class CanvasPictures(Callback):
         num_inference_steps: int = 5,
         seed: int = 0,
         save_dir: str | os.PathLike[str] | None = None,
+        save_png: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -206,6 +210,7 @@ class CanvasPictures(Callback):
         self.num_inference_steps = num_inference_steps
         self.seed = seed
         self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.save_png = bool(save_png) or save_dir is not None
         self._logger: TensorBoardLogger | None = None
         self._enabled = True
         self._warned = False
@@ -214,6 +219,8 @@ class CanvasPictures(Callback):
     # -- where pictures go ---------------------------------------------------------------
 
     def _resolve_logger(self, trainer: pl.Trainer) -> None:
+        if self.save_png and self.save_dir is None:  # the run's own folder, resolved once the logger exists
+            self.save_dir = Path(trainer.log_dir or trainer.default_root_dir) / "pictures"
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         self._enabled = self._logger is not None or self.save_dir is not None
         if not self._enabled and not self._warned:

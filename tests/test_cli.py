@@ -24,15 +24,12 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def _tiny_config(tmp_path: Path) -> Path:
     config = yaml.safe_load(Path(QUICKSTART_CONFIG).read_text())
     config["trainer"].update(max_steps=6, log_every_n_steps=1, check_val_every_n_epoch=1, limit_val_batches=1,
-                             enable_progress_bar=False)
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+                             enable_progress_bar=False, default_root_dir=str(tmp_path / "runs"))
     for cb in config["trainer"]["callbacks"]:
         if cb["class_path"].endswith("LoopCheckpoint"):
-            cb["init_args"].update(dirpath=str(tmp_path / "loops"), every_n_steps=3)
+            cb["init_args"].update(every_n_steps=3)
         if cb["class_path"].endswith("CanvasPictures"):
-            cb["init_args"].update(every_n_epochs=1, num_inference_steps=2, save_dir=str(tmp_path / "pictures"))
-        if cb["class_path"].endswith("ModelCheckpoint"):
-            cb.setdefault("init_args", {})["dirpath"] = str(tmp_path / "ckpt")
+            cb["init_args"].update(every_n_epochs=1, num_inference_steps=2)
     config["model"]["backbone_config"] = {"depth": 1, "n_heads": 2}
     config["data"]["init_args"].update(n_train=12, n_val=4, n_test=4, batch_size=2)
     path = tmp_path / "tiny.yaml"
@@ -46,7 +43,8 @@ def test_fit_from_a_config_file_writes_scalars_pictures_and_checkpoints(tmp_path
 
     proc = _cli(["fit", "--config", str(_tiny_config(tmp_path))], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    events = list((tmp_path / "runs" / "quickstart").rglob("events.out.tfevents.*"))
+    run = tmp_path / "runs" / "bouncing_balls" / "version_0"  # <default_root_dir>/<datamodule>/version_N
+    events = list(run.glob("events.out.tfevents.*"))
     assert events
     acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -60,11 +58,14 @@ def test_fit_from_a_config_file_writes_scalars_pictures_and_checkpoints(tmp_path
     # the run ends with the sampled future against the baselines and where the outputs are
     assert "Sampled future (CanvasModule.sample) against baselines" in proc.stdout
     assert "constant_velocity" in proc.stdout and "tensorboard --logdir" in proc.stdout
-    assert str(tmp_path / "ckpt") in proc.stdout
-    loops = sorted(p.name for p in (tmp_path / "loops").iterdir())
+    assert str(run / "checkpoints") in proc.stdout and f"tensorboard --logdir {tmp_path / 'runs'}" in proc.stdout
+    loops = sorted(p.name for p in (run / "loops").iterdir())
     assert loops == ["loops-last.pt", "loops-step3.pt", "loops-step6.pt"]
-    assert (tmp_path / "ckpt" / "last.ckpt").exists()
-    assert (tmp_path / "pictures" / "predictions_video.png").stat().st_size > 1000
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "config.yaml").exists()
+    assert (run / "pictures" / "predictions_video.png").stat().st_size > 1000
+    # hp_metric is the validation loss (not Lightning's placeholder -1)
+    hp, val = acc.Scalars("hp_metric"), acc.Scalars("val/loss")
+    assert hp[-1].value == pytest.approx(val[-1].value) and hp[-1].value > 0
 
 
 @pytest.mark.slow
@@ -78,8 +79,9 @@ def test_cli_flags_override_the_packaged_quick_start(tmp_path: Path) -> None:
 
 def test_bad_flag_is_reported_by_name(tmp_path: Path) -> None:
     proc = _cli(["fit", "--model.max_loops=zero"], tmp_path)
-    assert proc.returncode != 0
-    assert "max_loops" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --model.max_loops: Expected a int. Got value: zero")
+    assert len(proc.stderr.strip().splitlines()) <= 2  # the message and the --traceback hint, no traceback
 
 
 def test_plugins_json_lists_every_kind(capsys) -> None:

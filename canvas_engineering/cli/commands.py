@@ -1,10 +1,22 @@
-"""The ``canvas-engineering`` command."""
+"""The ``canvas-engineering`` command.
+
+Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) run the
+:mod:`~canvas_engineering.cli.lightning_cli`; the project's own tools (``demo``, ``schema``,
+``plugins``, ``rollout``) are plain argparse commands. ``--help`` lists them all, ``--version``
+prints the package version. A bad option, name or file prints one ``error:`` line on stderr and
+exits with status 2; ``--traceback`` (or ``CANVAS_ENGINEERING_TRACEBACK=1``) shows the full
+Python traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +26,18 @@ from canvas_engineering.plugin_host.host import get_registry
 if TYPE_CHECKING:
     from canvas_engineering.plugin_host.registry import PluginRegistry
 
-__all__ = ["main"]
+__all__ = ["LIGHTNING_COMMANDS", "TOOLS", "TRACEBACK_ENV", "main"]
+
+#: Lightning's subcommands and their one-line help (the options come from the LightningCLI).
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (no --config: the packaged quick start); outputs in runs/<data>/version_N",
+    "validate": "one validation pass; with --ckpt_path, the checkpoint's run config is reused",
+    "test": "one test pass; with --ckpt_path, the checkpoint's run config is reused",
+    "predict": "sample the test split's future and write prediction files (safetensors + JSON index)",
+}
+
+#: Environment variable that, set to 1, shows full tracebacks like ``--traceback``.
+TRACEBACK_ENV = "CANVAS_ENGINEERING_TRACEBACK"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -62,7 +85,9 @@ def _schema(args: argparse.Namespace) -> int:
         stem.parent.mkdir(parents=True, exist_ok=True)
         save_figure(layout_figure(schema.layout), stem.with_name(stem.stem + "_layout.png"))
         plan = compile_topology(schema.layout, schema.topology)
-        save_figure(mask_figure(plan), stem.with_name(stem.stem + "_mask.png"))
+        written = save_figure(mask_figure(plan), stem.with_name(stem.stem + "_mask.png"))
+        print(f"wrote {stem.with_name(stem.stem + '_layout.png')}")
+        print(f"wrote {written}")
     return 0
 
 
@@ -86,7 +111,13 @@ TOOLS = ("demo", "schema", "plugins", "rollout")
 
 
 def _tools(argv: Sequence[str], registry: PluginRegistry | None) -> int:
-    parser = argparse.ArgumentParser(prog="canvas-engineering", description=__doc__)
+    args = _tools_parser(registry).parse_args(argv)
+    return args.run(args)
+
+
+def _tools_parser(registry: PluginRegistry | None) -> argparse.ArgumentParser:
+    """Return the parser of the project's own tools (one subparser per name in :data:`TOOLS`)."""
+    parser = argparse.ArgumentParser(prog="canvas-engineering", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="declare the seed's robot canvas, print it and draw it")
     demo.add_argument("--out", default="runs/demo", help="folder for the pictures and schema.json")
@@ -101,17 +132,72 @@ def _tools(argv: Sequence[str], registry: PluginRegistry | None) -> int:
     from canvas_engineering.cli.rollout import add_rollout_parser
 
     add_rollout_parser(sub)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    for subparser in sub.choices.values():  # options are spelled out in full, as in the LightningCLI
+        subparser.allow_abbrev = False
+    return parser
+
+
+def _tool_help(registry: PluginRegistry | None) -> dict[str, str]:
+    """Return the one-line help of every tool of :data:`TOOLS`, from its subparser."""
+    parser = _tools_parser(registry)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    return {name: helps.get(name, "") for name in TOOLS}
+
+
+def _help(registry: PluginRegistry | None) -> str:
+    """Return the top-level help: every command with one line, then the global options."""
+    from canvas_engineering._version import __version__
+
+    commands = {**LIGHTNING_COMMANDS, **_tool_help(registry)}
+    width = max(map(len, commands)) + 2
+    lines = [
+        "usage: canvas-engineering [--version] [--traceback] COMMAND [options]",
+        "",
+        f"canvas-engineering {__version__}: structured latent canvases for diffusion transformers.",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}{text}" for name, text in commands.items()),
+        "",
+        "options:",
+        "  -h, --help    show this message",
+        "  --version     print the version and exit",
+        f"  --traceback   show the full Python traceback on errors (or {TRACEBACK_ENV}=1)",
+        "",
+        "`canvas-engineering COMMAND --help` shows a command's options.",
+    ]
+    return "\n".join(lines)
+
+
+def _error(message: str, hint: str | None = None) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
+    return 2
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+def _quiet() -> None:
+    """Silence the noise of other packages that the project cannot fix (each with its reason)."""
+    # Lightning 2.6's own pytree helper calls torch's deprecated `isinstance(x, LeafSpec)`; fixed upstream only.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Every run has its own folder by design, so a checkpoint's ModelCheckpoint folder always differs from the new run's.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # Lightning advertises its cloud logger at every Trainer construction: an advert, not a diagnostic.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 
 def main(argv: Sequence[str] | None = None, registry: PluginRegistry | None = None) -> int:
     """Entry point of the ``canvas-engineering`` console script.
 
-    ``demo``, ``schema`` and ``plugins`` are our own tools; everything else (``fit``,
-    ``validate``, ``test``, ``predict``, ``--help``) goes to the LightningCLI of
+    ``demo``, ``schema``, ``plugins`` and ``rollout`` are our own tools; ``fit``,
+    ``validate``, ``test`` and ``predict`` go to the LightningCLI of
     :mod:`canvas_engineering.cli.lightning_cli`, whose ``fit`` trains the packaged quick start
-    when no ``--config`` is given.
+    when no ``--config`` is given. ``--help`` (or no command) lists them all.
 
     Args:
         argv: the arguments, like ``sys.argv[1:]`` (``None``: read ``sys.argv``).
@@ -119,16 +205,45 @@ def main(argv: Sequence[str] | None = None, registry: PluginRegistry | None = No
             datamodules from; ``None``: the default plugin host's (loaded on first use).
 
     Returns:
-        The process exit code.
+        The process exit code: 0, or 2 after a one-line ``error:`` on stderr for a bad option,
+        name, file, or a component that cannot be built (``--traceback``: the exception propagates).
 
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in TOOLS:
+    traceback = "--traceback" in args or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--traceback"]
+    first = args[0] if args else None
+    if first is None or first in ("-h", "--help"):
+        print(_help(registry), file=sys.stdout if first else sys.stderr)
+        return 0 if first else 2
+    if first in ("--version", "-V"):
+        from canvas_engineering._version import __version__
+
+        print(f"canvas-engineering {__version__}")
+        return 0
+    if first in TOOLS:
         return _tools(args, registry)
+    known = [*LIGHTNING_COMMANDS, *TOOLS]
+    if first not in LIGHTNING_COMMANDS and not (first.startswith("-") and any(a in LIGHTNING_COMMANDS for a in args)):
+        close = difflib.get_close_matches(first, known, n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        return _error(
+            f"unknown command {first!r}{guess}; commands: {', '.join(known)}",
+            "`canvas-engineering --help` describes each one.",
+        )
+    _quiet()
     # Lazy: the training stack (lightning) is only needed past this point.
     from canvas_engineering.cli.lightning_cli import run_lightning_cli
+    from canvas_engineering.errors import CanvasError
 
-    run_lightning_cli(None if argv is None else args, registry=registry)  # None: LightningCLI reads sys.argv
+    if argv is None:
+        sys.argv[1:] = args  # without --traceback
+    try:
+        run_lightning_cli(None if argv is None else args, registry=registry)  # None: LightningCLI reads sys.argv
+    except CanvasError as err:
+        if traceback:
+            raise
+        return _error(_one_line(err), f"(add --traceback or set {TRACEBACK_ENV}=1 for the full Python traceback)")
     return 0
 
 

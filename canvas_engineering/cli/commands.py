@@ -185,7 +185,7 @@ def _quiet() -> None:
     """Silence the noise of other packages that the project cannot fix (each with its reason)."""
     # Lightning 2.6's own pytree helper calls torch's deprecated `isinstance(x, LeafSpec)`; fixed upstream only.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # Every run has its own folder by design, so a checkpoint's ModelCheckpoint folder always differs from the new run's.
+    # Every run has its own folder by design: a checkpoint's ModelCheckpoint folder always differs from the new one.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     # Lightning advertises its cloud logger at every Trainer construction: an advert, not a diagnostic.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())

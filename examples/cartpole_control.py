@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"plus a latent 'plan' region of {PLAN_WIDTH} positions per frame: {schema.layout.num_positions} positions")
     model = CanvasModule(
         schema, dm.region_formats, backbone="canvas_dit", backbone_config={"depth": cfg["depth"], "n_heads": 4},
-        lr=1e-3, warmup_steps=min(50, cfg["steps"] // 5),
+        lr=1e-3, warmup_steps=min(50, cfg["steps"] // 5), num_inference_steps=cfg["inference_steps"],
         # the datamodule divides observations by OBS_SCALE: stored with the model, the policy applies it to raw ones
         normalization={"obs": {"mean": [0.0] * 4, "std": OBS_SCALE.tolist()}},
     )

@@ -168,6 +168,78 @@ class CanvasLayout:
         return self.T * self.H * self.W
 
     @property
+    def spatial_shape(self) -> tuple[int, int]:
+        """``(H, W)``: the grid's spatial axes (the published name)."""
+        return (self.H, self.W)
+
+    @property
+    def n_spatial_dims(self) -> int:
+        """Number of spatial axes: always 2 (``H`` and ``W``)."""
+        return 2
+
+    @property
+    def spatial_volume(self) -> int:
+        """Positions per canvas frame, ``H * W``."""
+        return self.H * self.W
+
+    def flat_index(self, t: int | torch.Tensor, *spatial_coords: int | torch.Tensor) -> int | torch.Tensor:
+        """Flat position ``t * H * W + h * W + w`` of ``(t, h, w)``; omitted spatial coordinates count as 0.
+
+        Integers give an ``int``; tensors (broadcast together) give a LongTensor of indices.
+
+        Raises:
+            LayoutValidationError: more than two spatial coordinates, a non-integer coordinate, or one
+                outside the grid (the message names the axis and its range).
+
+        """
+        if len(spatial_coords) > 2:
+            msg = f"CanvasLayout.flat_index: got {len(spatial_coords)} spatial coordinates; the grid has 2 (h, w)"
+            raise LayoutValidationError(msg)
+        coords: list[int | torch.Tensor] = [t, *spatial_coords, 0, 0][:3]
+        for i, (axis, value, limit) in enumerate(zip("thw", coords, (self.T, self.H, self.W), strict=True)):
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                    msg = f"CanvasLayout.flat_index: {axis} must be an integer tensor, got dtype {value.dtype}"
+                    raise LayoutValidationError(msg)
+                outside = (value < 0) | (value >= limit)
+                if bool(outside.any()):
+                    msg = (
+                        f"CanvasLayout.flat_index: {axis}={int(value[outside][0])} lies outside "
+                        f"[0, {axis.upper()}={limit})"
+                    )
+                    raise LayoutValidationError(msg)
+            else:
+                coords[i] = check_int(
+                    value,
+                    f"CanvasLayout.flat_index: {axis}",
+                    error=LayoutValidationError,
+                    minimum=0,
+                    maximum=limit - 1,
+                    rule=f"an integer in [0, {axis.upper()}={limit})",
+                )
+        t, h, w = coords
+        return t * (self.H * self.W) + h * self.W + w
+
+    def region_timesteps(self, name: str) -> list[int]:
+        """Canvas frames ``t0 .. t1 - 1`` that a region spans."""
+        t0, t1 = self.region_spec(name).bounds[:2]
+        return list(range(t0, t1))
+
+    def region_indices_at_t(self, name: str, t_abs: int) -> torch.Tensor:
+        """Flat indices of a region's positions at canvas frame ``t_abs`` ((h, w)-major LongTensor).
+
+        Empty when ``t_abs`` is not one of the region's canvas frames.
+        """
+        spec = self.region_spec(name)
+        check_int(t_abs, f"region {name!r}: t_abs", error=LayoutValidationError, rule="an integer")
+        t0, t1 = spec.bounds[:2]
+        if not t0 <= t_abs < t1:
+            return torch.empty(0, dtype=torch.long)
+        per_frame = spec.size // spec.num_frames
+        k = t_abs - t0
+        return self._region_index_cache[name][k * per_frame : (k + 1) * per_frame].clone()
+
+    @property
     def region_names(self) -> tuple[str, ...]:
         """Region names in declaration order (their region ids)."""
         return tuple(self.regions)

@@ -301,6 +301,29 @@ class CanvasTopology:
         """Every region named by a connection."""
         return {c.src for c in self.connections} | {c.dst for c in self.connections}
 
+    @property
+    def has_temporal_constraints(self) -> bool:
+        """Whether any connection constrains frames (``t_src`` or ``t_dst`` set)."""
+        return any(c.is_temporal for c in self.connections)
+
+    def neighbors_of(self, region: str) -> list[str]:
+        """Regions that ``region`` attends to (as queries): each connection's ``dst``, in connection order.
+
+        A region read by several connections is listed once per connection, as in the published package.
+        """
+        return [c.dst for c in self.connections if c.src == region]
+
+    def attended_by(self, region: str) -> list[str]:
+        """Regions whose queries read ``region`` (as keys/values): each connection's ``src``, in connection order."""
+        return [c.src for c in self.connections if c.dst == region]
+
+    def to_block_adjacency(self) -> dict[tuple[str, str], float]:
+        """Region-level adjacency ``{(src, dst): weight}``, the largest weight where connections repeat a pair."""
+        adjacency: dict[tuple[str, str], float] = {}
+        for c in self.connections:
+            adjacency[c.src, c.dst] = max(adjacency.get((c.src, c.dst), 0.0), c.weight)
+        return adjacency
+
     def resolve_fn(self, connection: Connection, layout: CanvasLayout | None = None) -> str:
         """Attention type of a connection: ``fn`` -> src region's ``default_attn`` -> ``"cross_attention"``."""
         if connection.fn is not None:

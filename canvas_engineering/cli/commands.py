@@ -187,6 +187,10 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Every run has its own folder by design: a checkpoint's ModelCheckpoint folder always differs from the new one.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # Lightning 2.6's CLI calls jsonargparse APIs deprecated in jsonargparse 4.49 (reported to the caller, Lightning).
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    # main(argv) is the in-process API: passing argv while sys.argv holds the host program's arguments is intended.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     # Lightning advertises its cloud logger at every Trainer construction: an advert, not a diagnostic.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 

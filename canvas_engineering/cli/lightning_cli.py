@@ -171,7 +171,10 @@ class CanvasCLI(LightningCLI):
             if key.group(1) == "data" and sub in ("validate", "test", "predict"):
                 hint = "; give --config, or --ckpt_path of a run whose folder holds its config.yaml"
             return f"--{key.group(1)}: {detail}{hint}; {help_hint}"
-        return f"{_one_line(err)}; {help_hint}"
+        hint = ""
+        if sub in ("validate", "test", "predict") and f"{sub}.data" in text:
+            hint = "; give --config, or --ckpt_path of a run whose folder holds its config.yaml"
+        return f"{_one_line(err)}{hint}; {help_hint}"
 
     def _known_options(self, subcommand: str | None) -> list[str]:
         parsers = getattr(self, "_subcommand_parsers", {})

@@ -216,22 +216,22 @@ def test_t_current_inside_range(t_current: int) -> None:
 
 
 def test_region_real_frames_beyond_T() -> None:
-    # 4 canvas frames with period 2 reach real frame 0 + 3*2 = 6 >= T=4
+    # Accepted, as in the published package: 4 canvas frames with period 2 stand for real
+    # frames 0, 2, 4, 6 on a T=4 canvas; the real time axis then spans [0, 7).
+    layout = layout_with(slow=RegionSpec((0, 4, 0, 1, 0, 1), period=2))
+    assert [layout.real_frame("slow", k) for k in range(4)] == [0, 2, 4, 6]
+    assert layout.real_horizon == 7
+    assert layout_with(slow=RegionSpec((1, 3, 0, 1, 0, 1), period=3)).real_horizon == 5  # frames 1, 4
+    assert layout_with(slow=RegionSpec((0, 2, 0, 1, 0, 1), period=3)).real_horizon == 4  # within T
+    # but real frames stay below MAX_POSITIONS (2**24)
     with pytest.raises(
         RegionValidationError,
         match=re.escape(
-            "region 'slow' with period 2 over 4 canvas frames reaches real frame 6, "
-            "outside the canvas's real frames [0, T=4)"
+            "region 'slow' with period 8388608 over 3 canvas frames reaches real frame 16,777,216; "
+            "real frames must stay below MAX_POSITIONS=16,777,216 (2**24)"
         ),
     ):
-        layout_with(slow=RegionSpec((0, 4, 0, 1, 0, 1), period=2))
-    with pytest.raises(
-        RegionValidationError,
-        match=r"region 'slow' with period 3 over 2 canvas frames reaches real frame 4",
-    ):
-        layout_with(slow=RegionSpec((1, 3, 0, 1, 0, 1), period=3))
-    # the largest period that fits is fine
-    assert layout_with(slow=RegionSpec((0, 2, 0, 1, 0, 1), period=3)).real_frame("slow", 1) == 3
+        layout_with(slow=RegionSpec((0, 3, 0, 1, 0, 1), period=2**23))
 
 
 def test_bad_region_name_and_regions_type() -> None:

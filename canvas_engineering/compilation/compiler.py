@@ -390,22 +390,25 @@ def _connection_frames(layout: CanvasLayout, conn: Connection) -> torch.Tensor:
     src_ok = tau_q >= 0
     dst_ok = real[names.index(conn.dst)] >= 0
     dst = layout.regions[conn.dst]
+    # Reference frames and read targets live on the real time axis, which a slow src or dst
+    # stretches past T (real frames t0 + k * period >= T): the connection spans that axis.
+    # Regions ending within T keep [0, T), so a slow region elsewhere changes no other mask.
+    horizon = max(T, int(tau_q.max()) + 1, int(real[names.index(conn.dst)].max()) + 1)
     never = torch.tensor(float("-inf"), dtype=torch.float64)
     if conn.t_src is None and conn.t_dst is None:
         log_frames = torch.where(src_ok[:, None] & dst_ok[None, :], 0.0, never)
     elif conn.t_dst is None:
         ref = tau_q - conn.t_src
-        q_ok = src_ok & (ref >= 0) & (ref < T)
+        q_ok = src_ok & (ref >= 0) & (ref < horizon)
         log_frames = torch.where(q_ok[:, None] & dst_ok[None, :], 0.0, never)
     elif conn.t_src is None:
-        rho = torch.arange(T) + conn.t_dst
-        rho = rho[(rho >= 0) & (rho < T)]
+        rho = _candidate_reads(dst, max(0, conn.t_dst), min(horizon, horizon + conn.t_dst))
         reads = _read_dst(dst, rho, T, conn).amax(0) if len(rho) else never.expand(T)  # (T,)
         log_frames = torch.where(src_ok[:, None], reads[None, :], never)
     else:
         ref = tau_q - conn.t_src
         rho = ref + conn.t_dst
-        q_ok = src_ok & (ref >= 0) & (ref < T) & (rho >= 0) & (rho < T)
+        q_ok = src_ok & (ref >= 0) & (ref < horizon) & (rho >= 0) & (rho < horizon)
         log_frames = torch.where(q_ok[:, None], _read_dst(dst, rho, T, conn), never)
     log_weight = log_frames + math.log(conn.weight)
     tiny = (log_weight > float("-inf")) & (log_weight < math.log(MIN_MASK_WEIGHT))
@@ -419,6 +422,20 @@ def _connection_frames(layout: CanvasLayout, conn: Connection) -> torch.Tensor:
         )
         raise ConnectionValidationError(msg)
     return log_weight.exp()
+
+
+def _candidate_reads(dst, lo: int, hi: int) -> torch.Tensor:
+    """Real times in ``[lo, hi)`` at which reading ``dst`` gives each frame its largest share.
+
+    A frame's share peaks at its own real time ``r_k`` (exact read), else at the read closest to
+    it: ``r_k + 1`` after it, ``r_k + period - 1`` before the next frame, or an end of the range.
+    So the per-frame maximum over every ``rho`` in the range is reached on these few candidates
+    (``O(frames)``, not one per real frame of a long slow region).
+    """
+    t0, n, p = dst.bounds[0], dst.num_frames, dst.period
+    real = t0 + torch.arange(n) * p
+    rho = torch.cat([real, real + 1, real + p - 1, torch.tensor([lo, hi - 1])]).unique()
+    return rho[(rho >= lo) & (rho < hi)]
 
 
 def _read_dst(dst, rho: torch.Tensor, T: int, conn: Connection) -> torch.Tensor:

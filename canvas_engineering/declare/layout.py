@@ -30,8 +30,9 @@ class CanvasLayout:
 
     Positions are flattened as ``t * H * W + h * W + w``. Raw bound tuples in ``regions``
     are wrapped as ``RegionSpec(bounds=...)``. A region with period ``p`` whose first canvas
-    frame is ``t0`` stands for real frames ``t0, t0 + p, t0 + 2p, ...``; every real frame must
-    lie in ``[0, T)``.
+    frame is ``t0`` stands for real frames ``t0, t0 + p, t0 + 2p, ...``; these may reach beyond
+    ``T`` (a slow region covers more real time than the canvas has frames, as in the published
+    package), and :attr:`real_horizon` is one past the last real frame of any region.
 
     Args:
         T: canvas frames.
@@ -134,11 +135,13 @@ class CanvasLayout:
                     f"{axis}1={hi} > {axis.upper()}={limit}"
                 )
                 raise RegionValidationError(msg)
+        # Real frames may pass T (slow regions), but stay below MAX_POSITIONS: real times are
+        # encoded in float32 (exact up to 2**24) and bound the compiler's reference frames.
         last_real = spec.bounds[0] + (spec.num_frames - 1) * spec.period
-        if last_real >= self.T:
+        if last_real >= MAX_POSITIONS:
             msg = (
                 f"region {name!r} with period {spec.period} over {spec.num_frames} canvas frames reaches "
-                f"real frame {last_real}, outside the canvas's real frames [0, T={self.T})"
+                f"real frame {last_real:,}; real frames must stay below MAX_POSITIONS={MAX_POSITIONS:,} (2**24)"
             )
             raise RegionValidationError(msg)
 
@@ -303,6 +306,16 @@ class CanvasLayout:
             t0, t1 = spec.bounds[:2]
             table[i, t0:t1] = t0 + torch.arange(t1 - t0) * spec.period
         return table
+
+    @cached_property
+    def real_horizon(self) -> int:
+        """One past the latest real frame of the canvas: ``max(T, t0 + (frames - 1) * period + 1)`` over regions.
+
+        Reference frames of temporal connections range over ``[0, real_horizon)``; it is ``T``
+        unless a slow region's real frames reach beyond the canvas's frames.
+        """
+        last = [spec.bounds[0] + (spec.num_frames - 1) * spec.period + 1 for spec in self.regions.values()]
+        return max([self.T, *last])
 
     def output_mask(self) -> torch.Tensor:
         """(N,) bool: positions at ``t >= t_current`` (the diffusion outputs).

@@ -7,10 +7,11 @@ period is ``p`` puts its ``k``-th frame at real time ``t0 + k * p``. For a conne
 ``src -> dst`` (``src`` positions are queries, ``dst`` positions keys/values):
 
 * ``t_src is None and t_dst is None``: every src position attends every dst position.
-* otherwise, for every reference frame ``ref`` in ``[0, T)``, src positions at real time
+* otherwise, for every reference frame ``ref`` in ``[0, T_c)``, src positions at real time
   ``ref + t_src`` (every src position if ``t_src is None``) read dst at real time
   ``rho = ref + t_dst`` (every dst position if ``t_dst is None``). A ``rho`` outside
-  ``[0, T)`` is skipped.
+  ``[0, T_c)`` is skipped. ``T_c`` is ``T``, or one past the last real frame of ``src`` or
+  ``dst`` when a slow region's real frames (``t0 + k * period``) reach beyond ``T``.
 * reading dst at ``rho``: the dst frame at exactly ``rho`` if there is one. Otherwise, if
   ``rho`` lies inside the dst region's span (from its first frame up to ``period`` past its
   last one), the connection's ``temporal_fill`` decides: ``DROP`` reads nothing, ``HOLD``

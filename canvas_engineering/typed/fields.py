@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, cast, get_args
@@ -51,16 +51,19 @@ import torch
 
 from canvas_engineering.declare.attention_vocabulary import DEFAULT_ATTENTION, check_attention_type
 from canvas_engineering.declare.layout import CanvasLayout
-from canvas_engineering.declare.region import RegionSpec
+from canvas_engineering.declare.region import RegionSpec, validate_embedding
 from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.declare.spatiotemporal_canvas import SpatiotemporalCanvas
 from canvas_engineering.declare.topology import CanvasTopology
 from canvas_engineering.errors import (  # the typed errors live there; re-exported here
+    CanvasValidationError,
     FieldValidationError,
     PackingError,
+    RegionValidationError,
     TypedSchemaError,
     UnknownRegionError,
 )
+from canvas_engineering.program.vocabulary import CARRIERS
 from canvas_engineering.typed.packing import (
     CONNECTIVITY_POLICIES,
     LAYOUT_STRATEGIES,
@@ -74,7 +77,12 @@ from canvas_engineering.typed.packing import (
     walk,
     wire,
 )
-from canvas_engineering.typed.semantic import EmbedFn, auto_semantic_type, compute_semantic_embeddings
+from canvas_engineering.typed.semantic import (
+    EmbedFn,
+    SemanticConditioner,
+    auto_semantic_type,
+    compute_semantic_embeddings,
+)
 from canvas_engineering.validation import (
     check_bool,
     check_choice,
@@ -124,6 +132,16 @@ class Field:
         semantic_type: description of the modality (default: read from the path,
             ``arm.joints`` -> ``"arm joints"``).
         family: role for the program layer: one of ``FAMILIES`` or ``None``.
+        tags: sub-tags within the family, e.g. ``("belief", "object")`` (non-empty strings;
+            kept in the schema's ``metadata["typed"]["tags"]``).
+        carrier: how the region is predicted (one of the program layer's ``CARRIERS``) or
+            ``None``; kept in ``metadata["typed"]["carriers"]`` for ``CanvasProgram``.
+        temporal_extent: canvas frames the region spans (integer >= 1; more than ``T`` is
+            clipped to ``T``, as in the published package). ``None``: ``ceil(T / period)``,
+            the frames whose real times lie within the canvas; a larger extent makes a slow
+            region reach real frames beyond ``T``.
+        spatial_shape: the published spelling of ``(h, w)``: ``(h, w)`` or ``(h,)`` (then
+            ``w = 1``), with ``h`` and ``w`` left at 1. Always ``(h, w)`` once built.
 
     Example::
 
@@ -142,6 +160,22 @@ class Field:
     attn: str = DEFAULT_ATTENTION  #: default attention type of outgoing connections
     semantic_type: str | None = None  #: None: auto_semantic_type(path)
     family: Family | None = None  #: observation / state / memory / residual / action
+    tags: tuple[str, ...] = ()  #: sub-tags within the family
+    carrier: str | None = None  #: one of the program layer's CARRIERS, or None
+    temporal_extent: int | None = None  #: canvas frames; None: ceil(T / period)
+    spatial_shape: tuple[int, ...] | None = None  #: published spelling of (h, w); set to (h, w)
+
+    def __post_init__(self) -> None:
+        # Only normalisation here; check(path) validates, so its errors can name the field.
+        if isinstance(self.tags, list):
+            object.__setattr__(self, "tags", tuple(self.tags))
+        shape = self.spatial_shape
+        if shape is None:
+            object.__setattr__(self, "spatial_shape", (self.h, self.w))
+        elif isinstance(shape, (tuple, list)) and len(shape) in (1, 2) and (self.h, self.w) == (1, 1):
+            object.__setattr__(self, "h", shape[0])
+            object.__setattr__(self, "w", shape[1] if len(shape) == 2 else 1)
+            object.__setattr__(self, "spatial_shape", (self.h, self.w))
 
     @property
     def num_positions(self) -> int:
@@ -149,7 +183,12 @@ class Field:
         return self.h * self.w
 
     def num_frames(self, T: int) -> int:
-        """Canvas frames of the region on a ``T``-frame canvas: ``ceil(T / period)``."""
+        """Canvas frames of the region on a ``T``-frame canvas.
+
+        ``temporal_extent`` (at most ``T``) if declared, else ``ceil(T / period)``.
+        """
+        if self.temporal_extent is not None:
+            return min(self.temporal_extent, T)
         return -(-T // self.period)
 
     def check(self, path: str) -> None:
@@ -170,6 +209,18 @@ class Field:
             msg = f"{where}semantic_type={self.semantic_type!r} must be a non-empty string or None"
             raise FieldValidationError(msg, path=path)
         check_choice(self.family, where + "family", (*FAMILIES, None), error=error)
+        check_choice(self.carrier, where + "carrier", (*CARRIERS, None), error=error)
+        if self.temporal_extent is not None:
+            check_positive_int(self.temporal_extent, where + "temporal_extent", error=error)
+        if not isinstance(self.tags, tuple) or not all(isinstance(t, str) and t for t in self.tags):
+            msg = f"{where}tags={self.tags!r} must be a tuple of non-empty strings"
+            raise FieldValidationError(msg, path=path)
+        if self.spatial_shape != (self.h, self.w):
+            msg = (
+                f"{where}spatial_shape={self.spatial_shape!r} must be (h,) or (h, w) with h and w left at 1 "
+                f"(got h={self.h}, w={self.w}); the canvas grid has two spatial axes"
+            )
+            raise FieldValidationError(msg, path=path)
         check_attention_type(self.attn, f"field {path!r}: attn")
 
 
@@ -300,6 +351,62 @@ class BoundSchema:
     def field_paths(self) -> tuple[str, ...]:
         """Every field path, in region order."""
         return tuple(self.fields)
+
+    @property
+    def field_names(self) -> list[str]:
+        """Every field path, in region order, as a list (the published name of :attr:`field_paths`)."""
+        return list(self.fields)
+
+    def build_semantic_conditioner(
+        self,
+        embed_fn: Callable[[list[str]], Sequence[Sequence[float] | torch.Tensor]],
+        embed_dim: int = 1536,
+        freeze_embeddings: bool = True,
+        learn_residuals: bool = True,
+    ) -> SemanticConditioner:
+        """Embed every field's semantic type in one call and return a :class:`SemanticConditioner` for them.
+
+        The published 0.5.0 method: ``embed_fn`` takes the list of descriptions (each region's
+        ``semantic_type``, in :attr:`field_names` order) and returns one vector per description.
+        Add the conditioning with ``conditioner(canvas)``. (``compile_schema(..., embed_fn=f)``
+        with a one-description ``f`` stores the embeddings in the schema instead.)
+
+        Raises:
+            RegionValidationError: ``embed_fn`` returned the wrong number of vectors or a bad
+                vector (the message names the field).
+            CanvasValidationError: a vector's size is not ``embed_dim``.
+
+        """
+        if not callable(embed_fn):
+            msg = f"build_semantic_conditioner: embed_fn must be callable, got {type(embed_fn).__name__}"
+            raise CanvasValidationError(msg)
+        paths = self.field_names
+        texts = [self.layout.regions[p].semantic_type or auto_semantic_type(p) for p in paths]
+        vectors = embed_fn(texts)
+        if isinstance(vectors, torch.Tensor):
+            vectors = list(vectors)
+        if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence) or len(vectors) != len(paths):
+            count = len(vectors) if isinstance(vectors, Sequence) else type(vectors).__name__
+            msg = (
+                f"build_semantic_conditioner: embed_fn(texts) must return one vector per field "
+                f"({len(paths)}), got {count}; it takes the list of descriptions (the published contract)"
+            )
+            raise RegionValidationError(msg)
+        lay = self.layout
+        regions = dict(lay.regions)  # a hand-built BoundSchema may have regions without a field
+        for path, text, vector in zip(paths, texts, vectors, strict=True):
+            try:
+                embedding = validate_embedding(vector)
+            except RegionValidationError as err:
+                msg = f"region {path!r}: embed_fn returned a bad vector for {text!r}: {err}"
+                raise RegionValidationError(msg) from None
+            regions[path] = dataclasses.replace(self.layout.regions[path], semantic_embedding=embedding)
+        embedded = CanvasLayout(
+            T=lay.T, H=lay.H, W=lay.W, d_model=lay.d_model, regions=regions, t_current=lay.t_current
+        )
+        return SemanticConditioner(
+            embedded, embed_dim=embed_dim, freeze_embeddings=freeze_embeddings, learn_residuals=learn_residuals
+        )
 
     @property
     def families(self) -> dict[str, str]:
@@ -491,5 +598,10 @@ def compile_schema(
         "layout_strategy": layout_strategy,
         "families": {p: f.family for p, f in flat.items() if f.family is not None},
     }
+    # published Field options the program layer reads; only present when declared
+    carriers = {p: f.carrier for p, f in flat.items() if f.carrier is not None}
+    tags = {p: list(f.tags) for p, f in flat.items() if f.tags}
+    typed.update({"carriers": carriers} if carriers else {})
+    typed.update({"tags": tags} if tags else {})
     schema = CanvasSchema(layout=layout, topology=topology, metadata={**(metadata or {}), "typed": typed})
     return BoundSchema(schema=schema, fields=flat)

@@ -31,7 +31,7 @@ from torch import nn
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.region import validate_embedding
 from canvas_engineering.errors import CanvasValidationError, RegionValidationError
-from canvas_engineering.validation import check_positive_int
+from canvas_engineering.validation import check_bool, check_positive_int
 
 if TYPE_CHECKING:
     from canvas_engineering.declare.schema import CanvasSchema
@@ -176,6 +176,9 @@ class SemanticConditioner(nn.Module):
         embed_dim: embedding size (default: the size of the layout's embeddings).
         projection: an existing ``nn.Linear(embed_dim, d_model)`` to share, e.g. another
             conditioner's ``projection`` (default: a new one).
+        freeze_embeddings: keep the embeddings a frozen buffer (default); ``False`` makes
+            them a learned parameter (the published option of that name).
+        learn_residuals: learn the per-region residual (default); ``False`` holds it at zero.
 
     Attributes:
         embeddings: (R, embed_dim) frozen buffer, one row per region in layout order.
@@ -201,6 +204,9 @@ class SemanticConditioner(nn.Module):
         d_model: int | None = None,
         embed_dim: int | None = None,
         projection: nn.Linear | None = None,
+        *,
+        freeze_embeddings: bool = True,
+        learn_residuals: bool = True,
     ) -> None:
         super().__init__()
         layout = _layout_of(layout)
@@ -240,15 +246,21 @@ class SemanticConditioner(nn.Module):
         self.d_model = d_model
         self.embed_dim = embed_dim
         self.region_names: tuple[str, ...] = layout.region_names
+        check_bool(freeze_embeddings, "SemanticConditioner: freeze_embeddings")
+        check_bool(learn_residuals, "SemanticConditioner: learn_residuals")
         rows = [embedded.get(name, (0.0,) * embed_dim) for name in self.region_names]
-        self.register_buffer("embeddings", torch.tensor(rows, dtype=torch.float32).reshape(-1, embed_dim))
+        table = torch.tensor(rows, dtype=torch.float32).reshape(-1, embed_dim)
+        if freeze_embeddings:
+            self.register_buffer("embeddings", table)
+        else:
+            self.embeddings = nn.Parameter(table)
         self.register_buffer(
             "has_embedding", torch.tensor([n in embedded for n in self.region_names], dtype=torch.bool)
         )
         # (N,) region id per position; R marks unassigned positions
         self.register_buffer("region_ids", layout.position_region_ids.clone(), persistent=False)
         self.projection = projection
-        self.residual = nn.Parameter(torch.zeros(len(self.region_names), d_model))
+        self.residual = nn.Parameter(torch.zeros(len(self.region_names), d_model), requires_grad=learn_residuals)
 
     def conditioning(self, region: str | None = None) -> torch.Tensor:
         """(R, d_model) conditioning vectors in layout order, or (d_model,) for one ``region``."""

@@ -25,15 +25,17 @@ T = 4
 OBS_STD = [2.4, 2.0, 0.2095, 2.0]
 
 
-def make_model(normalization: dict[str, Any] | None = None, seed: int = 0):
+def make_model(
+    normalization: dict[str, Any] | None = None, seed: int = 0, t_current: int = 0, obs_output: bool = False
+):
     """Obs (context) / action / reward, one position each per frame; causal in time; t_current 0."""
     from canvas_engineering import CanvasLayout, CanvasModule, CanvasSchema, CanvasTopology, RegionSpec
 
     torch.manual_seed(seed)
     layout = CanvasLayout(
-        T=T, H=1, W=3, d_model=16, t_current=0,
+        T=T, H=1, W=3, d_model=16, t_current=t_current,
         regions={
-            "obs": RegionSpec((0, T, 0, 1, 0, 1), is_output=False),
+            "obs": RegionSpec((0, T, 0, 1, 0, 1), is_output=obs_output),
             "action": (0, T, 0, 1, 1, 2),
             "reward": (0, T, 0, 1, 2, 3),
         },
@@ -196,6 +198,24 @@ def test_batched_rows_reset_one_at_a_time(trained: dict[str, Any]) -> None:
         policy.act({"obs": torch.zeros(3, 4)})
     with pytest.raises(PolicyError, match="env_ids"):
         policy.reset(env_ids=[2])
+
+
+def test_late_actions_pad_with_the_first_observation() -> None:
+    """Actions predicted from frame 2 on: the current step sits at frame 2, earlier frames repeat the first step."""
+    model = make_model(t_current=2)
+    policy = CanvasPolicy(model, chunk_size=2, num_inference_steps=1)
+    with Spy(model) as spy:
+        for value in (1.0, 2.0, 3.0, 4.0):
+            policy.act({"obs": torch.full((4,), value)})
+    assert torch.allclose(spy.batches[0]["obs"][0, :, 0], torch.tensor([1.0, 1, 1, 0]))  # edge-padded, future 0
+    assert torch.equal(spy.batches[0]["action"][0, :2], torch.zeros(2, 2))  # no action before the first step
+    assert torch.allclose(spy.batches[1]["obs"][0, :, 0], torch.tensor([1.0, 2, 3, 0]))  # step 3 at frame 2
+    with pytest.raises(PolicyError, match="chunk_size"):
+        CanvasPolicy(model, chunk_size=3)  # only frames 2 and 3 are predicted
+    world = make_model(t_current=2, obs_output=True)
+    with pytest.raises(PolicyError, match="no context region to observe"):
+        CanvasPolicy(world)
+    assert CanvasPolicy(world, observations=["obs"]).observations == ("obs",)
 
 
 def test_normalisation_applied_and_undone() -> None:

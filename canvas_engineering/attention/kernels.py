@@ -32,6 +32,7 @@ structure) set to NaN after it. Rows that may read a non-finite value are never 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -294,8 +295,14 @@ def _flex(q, k, v, mask: AttentionMask, scale: float, extra_mask: ExtraMask) -> 
     valid = mask.cache.get(("row_has_key", str(device)), lambda: mask.row_has_key.to(device))
     if device.type == "cpu" and not torch.is_grad_enabled():
         q, k, v = q.detach(), k.detach(), v.detach()  # flex refuses inputs that require grad on CPU
-    run = _compiled_flex() if device.type == "cuda" else flex_attention  # eager flex is a CPU reference path
-    out = run(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if device.type == "cuda":
+        out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    else:
+        with warnings.catch_warnings():
+            # eager flex is chosen on purpose on the CPU (a reference path: compiling costs tens of
+            # seconds per shape and the CPU kernels are faster anyway); torch's advice to compile is noise here
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out * valid[:, None]
 
 

@@ -42,7 +42,7 @@ def run(kernel: str, steps: int) -> dict:
             times.append(time.perf_counter() - self.t)
 
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
+                         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, callbacks=[Clock()],
                          limit_val_batches=0)
     start = time.perf_counter()
     trainer.fit(model, dm)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -157,7 +158,7 @@ def fit(model: Any, datamodule: Any, steps: int, callbacks: Sequence[Any] = ()) 
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=sys.stderr.isatty(),  # a bar in a terminal, none in logs and tests
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,

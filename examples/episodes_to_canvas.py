@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = CanvasModule(dm.schema, dm.region_formats, backbone_config={"depth": cfg["depth"], "n_heads": 4},
                          lr=1e-3, warmup_steps=min(50, cfg["steps"] // 5), sample_metric_steps=8)
     run = fit(model, dm, cfg["steps"])
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=sys.stderr.isatty(),
                          enable_model_summary=False)
     metrics = trainer.test(model, dm, verbose=False)[0]
     table = future_metrics_table(metrics, stage="test")

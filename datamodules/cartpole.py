@@ -174,6 +174,13 @@ class CartPoleDataModule(CanvasDataModule):
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self._init_canvas()
 
+    @property
+    def normalization(self) -> dict[str, dict[str, list[float]]]:
+        """``obs`` divided by :data:`OBS_SCALE` (when ``normalize``): how policies map raw observations."""
+        if not self.normalize:
+            return {}
+        return {"obs": {"mean": [0.0] * len(OBS_SCALE), "std": [float(x) for x in OBS_SCALE]}}
+
     def build_schema(self) -> CanvasSchema:
         """``obs``, ``action`` and ``reward`` side by side, one position each per step."""
         t = self.frames

@@ -223,7 +223,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cfg[key] = getattr(args, key)
 
     from canvas_engineering.datamodules import CartPoleDataModule
-    from canvas_engineering.datamodules.cartpole import OBS_SCALE
 
     from canvas_engineering import CanvasModule, CanvasPolicy, compile_topology, evaluate_policy
     from canvas_engineering.viz import layout_figure, mask_figure
@@ -238,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = CanvasModule(
         schema, dm.region_formats, backbone="canvas_dit", backbone_config={"depth": cfg["depth"], "n_heads": 4},
         lr=1e-3, warmup_steps=min(50, cfg["steps"] // 5), num_inference_steps=cfg["inference_steps"],
-        # the datamodule divides observations by OBS_SCALE: stored with the model, the policy applies it to raw ones
-        normalization={"obs": {"mean": [0.0] * 4, "std": OBS_SCALE.tolist()}},
+        # stored with the model: the policy maps raw observations the way the datamodule did
+        normalization=dm.normalization,
     )
     print(f"training {cfg['steps']} steps...", flush=True)
     run = fit(model, dm, cfg["steps"])

@@ -427,3 +427,11 @@ def test_predict_dataloader_feeds_canvas_module_sampling() -> None:
     assert len(predictions) == 1  # n_test=4, batch_size=4
     for name, shape in dm.sample_shapes().items():
         assert tuple(predictions[0][name].shape) == (4, *shape)
+
+
+def test_cartpole_reports_the_observation_scaling_it_applies() -> None:
+    from canvas_engineering.datamodules.cartpole import OBS_SCALE
+
+    dm = CartPoleDataModule(n_train=4, n_val=2, n_test=2, batch_size=2)
+    assert dm.normalization == {"obs": {"mean": [0.0] * 4, "std": [float(x) for x in OBS_SCALE]}}
+    assert CartPoleDataModule(normalize=False).normalization == {}

@@ -24,7 +24,7 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +39,7 @@ __all__ = [
     "dumps_strict",
     "loads_strict",
     "read_json_source",
+    "read_tagged_config",
     "write_json",
 ]
 
@@ -273,6 +274,42 @@ def read_json_source(source: str | os.PathLike[str], kind: str, error: type[Exce
         )
         raise error(msg) from None
     return loads_strict(text, where, error), where
+
+
+def read_tagged_config(
+    path: str | os.PathLike[str],
+    fmt: str,
+    version: int,
+    keys: frozenset[str] | set[str],
+    error: Callable[[str], Exception],
+) -> dict[str, Any]:
+    """Read a saved folder's JSON config strictly; check its ``format`` tag, ``format_version`` and keys.
+
+    Raises:
+        error: (called with the message, which names the file) the file is missing or breaks a
+            rule of the module documentation; it is another format or version; it holds a key
+            outside ``keys``.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing (not a folder written by canvas-engineering?)")
+
+    class _Refused(ValueError):
+        pass
+
+    try:
+        config, _ = read_json_source(path, "config", _Refused)
+    except _Refused as err:
+        raise error(f"{path}: cannot read the config ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise error(f"{path}: not a {fmt} config (expected \"format\": {fmt!r})")
+    unknown = set(config) - set(keys)
+    if unknown:
+        raise error(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(keys)}")
+    if config.get("format_version") != version:
+        raise error(f"{path}: format_version {config.get('format_version')!r} is not {version}, the one read here")
+    return config
 
 
 def _first_non_finite(data: Any) -> tuple[str, float] | None:

@@ -7,10 +7,12 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from canvas_fixtures import FORMATS, tiny_batch, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_batch, tiny_loader, tiny_schema
 from safetensors.torch import load_file, save_file
 
 from canvas_engineering import CanvasModule, CheckpointFileError
+
+pytestmark = NO_VAL_DATA
 
 
 def trained(**kwargs) -> CanvasModule:
@@ -160,7 +162,7 @@ def _config(change):
         ("config.json", lambda p: p.unlink(), "config.json: missing"),
         ("config.json", lambda p: p.write_text("{"), "cannot read the config"),
         ("config.json", lambda p: p.write_bytes(b"\xff\xfe"), "cannot read the config"),
-        ("config.json", _config(lambda c: c.update(format="diffusers")), "not a canvas-engineering config"),
+        ("config.json", _config(lambda c: c.update(format="diffusers")), "not a canvas-engineering-pretrained config"),
         ("config.json", _config(lambda c: c.update(lopps=2)), r"unknown key\(s\) \['lopps'\]"),
         ("config.json", _config(lambda c: c["hparams"].update(depthh=1)), "hparams do not build"),
         ("config.json", _config(lambda c: c.update(loops=7)), "loops/betas"),

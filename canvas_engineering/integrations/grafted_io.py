@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from canvas_engineering._atomic import atomic_write_text
+from canvas_engineering._json_source import read_tagged_config
 from canvas_engineering._version import __version__
 from canvas_engineering.declare.schema import CanvasSchema
 from canvas_engineering.errors import CanvasValidationError, CheckpointFileError
@@ -208,22 +209,7 @@ def _save_base(model: nn.Module, folder: Path) -> None:
 
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / GRAFT_CONFIG
-    if not path.is_file():
-        msg = f"{path}: missing (not a folder written by save_grafted_transformer?)"
-        raise CheckpointFileError(msg, path=str(path))
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        msg = f"{path}: cannot read the config ({err})"
-        raise CheckpointFileError(msg, path=str(path)) from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        msg = f"{path}: not a grafted-transformer config (expected \"format\": {FORMAT!r})"
-        raise CheckpointFileError(msg, path=str(path))
-    unknown = set(config) - _KEYS
-    if unknown or config.get("format_version") != FORMAT_VERSION:
-        msg = f"{path}: unknown key(s) {sorted(unknown)} or format_version not {FORMAT_VERSION} (keys: {sorted(_KEYS)})"
-        raise CheckpointFileError(msg, path=str(path))
-    return config
+    return read_tagged_config(path, FORMAT, FORMAT_VERSION, _KEYS, lambda msg: CheckpointFileError(msg, path=str(path)))
 
 
 def _load_base(config: dict[str, Any], directory: Path, torch_dtype: torch.dtype | None) -> nn.Module:

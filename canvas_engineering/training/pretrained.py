@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from canvas_engineering._atomic import atomic_write_bytes, atomic_write_text
+from canvas_engineering._json_source import read_tagged_config
 from canvas_engineering._version import __version__
 from canvas_engineering.errors import CanvasValidationError, CheckpointFileError
 
@@ -161,23 +162,12 @@ def save_pretrained(
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        msg = f"{path}: missing (not a folder written by save_pretrained?)"
-        raise CheckpointFileError(msg, path=str(path))
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        msg = f"{path}: cannot read the config ({err})"
-        raise CheckpointFileError(msg, path=str(path)) from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        msg = f"{path}: not a canvas-engineering config (expected \"format\": {FORMAT!r})"
-        raise CheckpointFileError(msg, path=str(path))
-    unknown = set(config) - _CONFIG_KEYS
-    if unknown:
-        msg = f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_CONFIG_KEYS)}"
-        raise CheckpointFileError(msg, path=str(path))
-    if config.get("format_version") != FORMAT_VERSION or not isinstance(config.get("hparams"), dict):
-        msg = f"{path}: format_version must be {FORMAT_VERSION} and hparams an object"
+    def refuse(msg: str) -> CheckpointFileError:
+        return CheckpointFileError(msg, path=str(path))
+
+    config = read_tagged_config(path, FORMAT, FORMAT_VERSION, _CONFIG_KEYS, refuse)
+    if not isinstance(config.get("hparams"), dict):
+        msg = f"{path}: hparams must be an object"
         raise CheckpointFileError(msg, path=str(path))
     return config
 

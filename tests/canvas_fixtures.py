@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from canvas_engineering import CanvasLayout, CanvasSchema, CanvasTopology
+
+# Training tests fit without validation data on purpose (it keeps them fast). CanvasModule defines
+# validation_step, so Lightning advises adding a val_dataloader: advice for real runs, not for these tests.
+NO_VAL_DATA = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 
 FORMATS = {
     "video": {"kind": "patches", "channels": 1, "patch_size": 4},

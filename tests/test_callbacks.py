@@ -18,6 +18,7 @@ from canvas_engineering.callbacks import (
     RNGState,
     prediction_figure,
 )
+from canvas_fixtures import NO_VAL_DATA
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
@@ -33,6 +34,8 @@ from canvas_engineering import (
 from canvas_engineering.models.looped import LoopedBlockWrapper
 from canvas_engineering.models.region_codecs import RegionFormat
 from canvas_engineering.training.module import CanvasModule
+
+pytestmark = NO_VAL_DATA
 
 FORMATS = {
     "video": {"kind": "patches", "channels": 1, "patch_size": 4},
@@ -292,6 +295,10 @@ def _schedule_callbacks(total_steps: int | None = 2 * N) -> list[Callback]:
     return [LoopCurriculum(total_steps=total_steps), AttentionSharpening(beta_max=3.0, warmup_steps=4), RNGState()]
 
 
+# Resuming writes its next checkpoints next to the one it resumed from, as a real resumed run does.
+RESUMES_INTO_ITS_CHECKPOINT_DIR = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+
+
 def _resume(tmp_path: Path, with_rng: bool = True):
     """Fit N steps with a ModelCheckpoint at step N, then resume from it to 2N steps."""
     first = _schedule_callbacks() if with_rng else _schedule_callbacks()[:2]
@@ -308,6 +315,7 @@ def _resume(tmp_path: Path, with_rng: bool = True):
     return t, model, spy, second
 
 
+@RESUMES_INTO_ITS_CHECKPOINT_DIR
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     """2N steps in one go == N steps, stop, resume from the Lightning checkpoint for N more."""
     whole = _schedule_callbacks()
@@ -336,6 +344,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         assert torch.equal(p, params_resumed[name]), f"{name}: max diff {(p - params_resumed[name]).abs().max():.3g}"
 
 
+@RESUMES_INTO_ITS_CHECKPOINT_DIR
 def test_resume_without_rng_state_diverges(tmp_path: Path) -> None:
     """Why ``RNGState`` exists: Lightning restores no RNG, so the resumed fit draws other noise."""
     _, model_whole, spy_whole = _run(tmp_path / "whole", 2 * N, _schedule_callbacks()[:2])
@@ -422,7 +431,8 @@ def test_canvas_pictures_in_tensorboard(tmp_path: Path) -> None:
     L.seed_everything(0)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     pictures = CanvasPictures(every_n_epochs=1, num_samples=2, num_inference_steps=2, save_dir=tmp_path / "png")
-    t = trainer(tmp_path, [pictures], max_epochs=2, logger=logger, limit_val_batches=1, num_sanity_val_steps=1)
+    t = trainer(tmp_path, [pictures], max_epochs=2, logger=logger, limit_val_batches=1, num_sanity_val_steps=1,
+                log_every_n_steps=N)
     t.fit(make_model(), loader(), loader())
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
@@ -502,8 +512,10 @@ def test_validate_from_checkpoint_runs_the_checkpoint_loops(tmp_path: Path) -> N
             seen.append((block.current_loops, block.betas))
 
     model = make_model()
-    callbacks = [LoopCurriculum(), AttentionSharpening(), Probe()]
-    trainer(tmp_path, callbacks, limit_val_batches=1).validate(model, loader(), ckpt_path=checkpoint.best_model_path)
+    callbacks = [LoopCurriculum(), AttentionSharpening(), Probe(), checkpoint]  # every callback the checkpoint holds
+    trainer(tmp_path, callbacks, limit_val_batches=1, enable_checkpointing=True).validate(
+        model, loader(), ckpt_path=checkpoint.best_model_path
+    )
     # steps 0-3 ran; step 3 used 3 * 3 // 6 + 1 = 2 loops and betas 1 + 3/8 * (b - 1)
     assert seen == [(2, [1.0, 1.1875, 1.375])]
     assert model.backbone.current_loops == 2

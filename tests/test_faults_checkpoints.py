@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from canvas_fixtures import FORMATS, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_loader, tiny_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -32,6 +32,8 @@ from canvas_engineering._atomic import STALE_AFTER_SECONDS, atomic_write_bytes, 
 from canvas_engineering.errors import CheckpointFileError, IncompatibleModelError
 from canvas_engineering.models.loop_checkpoint import FORMAT, SEAL_PREFIX, seal_checkpoint_bytes
 from canvas_engineering.models.looped import LoopedBlockWrapper
+
+pytestmark = NO_VAL_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from canvas_engineering.callbacks import EMAWeights
-from canvas_fixtures import FORMATS, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_loader, tiny_schema
 
 from canvas_engineering import CanvasModule, CanvasValidationError
 from canvas_engineering.training.module import WarmupCosine
 from canvas_engineering.training.noise_process import FlowMatchingProcess, make_noise_process, training_fractions
+
+pytestmark = NO_VAL_DATA
 
 
 def test_flow_noises_linearly_and_its_reverse_ends_at_the_clean_estimate() -> None:

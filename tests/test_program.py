@@ -7,7 +7,7 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from canvas_fixtures import FORMATS, tiny_batch, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_batch, tiny_loader, tiny_schema
 
 from canvas_engineering import (
     CanvasAttention,
@@ -28,6 +28,8 @@ from canvas_engineering import (
     UnknownAttentionTypeError,
 )
 from canvas_engineering.program import FAMILIES
+
+pytestmark = NO_VAL_DATA
 
 SMALL = {"depth": 1, "n_heads": 2}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from canvas_fixtures import FORMATS, tiny_batch, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_batch, tiny_loader, tiny_schema
 
 from canvas_engineering import CanvasModule, CanvasProgram, Clock, ProgramValidationError, RegionProgram
 from canvas_engineering.errors import CanvasValidationError
@@ -25,6 +25,8 @@ from canvas_engineering.training import (
     write_mode_for,
 )
 from canvas_engineering.training.write_modes import backbone_write_modes
+
+pytestmark = NO_VAL_DATA
 
 SMALL = {"depth": 1, "n_heads": 2}
 

@@ -9,6 +9,9 @@ the averaged weights (Lightning swaps them in), and checkpoints carry the averag
 
 from __future__ import annotations
 
+import warnings
+
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -37,6 +40,15 @@ class EMAWeights(WeightAveraging):
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(float(decay)))
         self.decay = float(decay)
         self.start_step = start_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Build the averaged copy; Lightning's sharding warning only where a device mesh shards the model."""
+        with warnings.catch_warnings():
+            if getattr(pl_module, "device_mesh", None) is None:
+                # CanvasModule overrides configure_model only to shard over a device mesh: without one nothing
+                # is sharded, so Lightning's warning that the average skips sharding does not apply.
+                warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model")
+            super().setup(trainer, pl_module, stage)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         """Update after every optimiser step from ``start_step`` on."""

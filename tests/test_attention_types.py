@@ -35,7 +35,6 @@ from canvas_engineering.plugin_host.host import get_registry
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-    pytest.mark.filterwarnings("ignore:index_reduce\\(\\) is in beta"),
 ]
 
 TYPES = sorted(get_registry().attention_types.names())

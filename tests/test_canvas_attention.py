@@ -30,7 +30,6 @@ from canvas_engineering.plugin_host.host import get_registry, hookimpl, register
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-    pytest.mark.filterwarnings("ignore:index_reduce\\(\\) is in beta"),
 ]
 
 D = 32

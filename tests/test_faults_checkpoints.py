@@ -348,6 +348,7 @@ def test_a_writer_killed_mid_write_leaves_a_temp_file_the_next_write_removes(tmp
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+        proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     left = temp_files_of(target)
     assert len(left) == 1 and f"-{proc.pid}-" in left[0].name

@@ -27,7 +27,6 @@ from canvas_engineering.errors import CanvasValidationError, NonFiniteLossError
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-    pytest.mark.filterwarnings("ignore:index_reduce\\(\\) is in beta"),
 ]
 
 KERNELS = ("dense", "tiled", "flex", "partitioned")

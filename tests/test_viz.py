@@ -59,5 +59,6 @@ def test_layout_of_a_long_canvas_wraps_frames_into_rows(tmp_path) -> None:
     assert len(panels) == 16
     rows = {round(ax.get_position().y0, 3) for ax in panels}
     assert len(rows) == 3 and LAYOUT_COLUMNS == 6
-    width, height = Image.open(save_figure(fig, tmp_path / "layout.png")).size
+    with Image.open(save_figure(fig, tmp_path / "layout.png")) as image:
+        width, height = image.size
     assert width <= 2000 and height < width

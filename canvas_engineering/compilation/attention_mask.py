@@ -478,9 +478,9 @@ class AttentionMask:
         k_used, k_class = torch.unique(self.k_classes, return_inverse=True)
         weights = self.class_table[q_used][:, k_used]
         q_time = torch.zeros(len(q_used), dtype=torch.long)
-        q_time.index_reduce_(0, q_class, self.q_coords[:, 3], "amax", include_self=False)
+        q_time.scatter_reduce_(0, q_class, self.q_coords[:, 3], "amax", include_self=False)  # not the beta index_reduce
         k_time = torch.zeros(len(k_used), dtype=torch.long)
-        k_time.index_reduce_(0, k_class, self.k_coords[:, 3], "amax", include_self=False)
+        k_time.scatter_reduce_(0, k_class, self.k_coords[:, 3], "amax", include_self=False)
         k_count = torch.bincount(k_class, minlength=len(k_used))
         return ClassView(q_class, k_class, weights, q_time, k_time, k_count)
 

@@ -134,11 +134,11 @@ def check_finite_loss(
 
     """
     if not torch.isfinite(loss):
-        detail = ", ".join(f"{n}={float(v):.4g}" for n, (v, _) in regions.items())
+        detail = ", ".join(f"{n}={float(v.detach()):.4g}" for n, (v, _) in regions.items())
         name = _STAGES.get(stage, stage)
         if stage == "train":
             advice = "stopping before anything is saved. Lower the learning rate or check the data."
         else:
             advice = f"check the {name} data for NaN or inf values (training has its own check)."
-        msg = f"non-finite {name} loss {float(loss)} at step {step} (per-region losses: {detail}); {advice}"
+        msg = f"non-finite {name} loss {float(loss.detach())} at step {step} (per-region losses: {detail}); {advice}"
         raise NonFiniteLossError(msg)

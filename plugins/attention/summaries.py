@@ -202,7 +202,7 @@ def _copy_index(view: ClassView, q_slot: torch.Tensor, k_slot: torch.Tensor) -> 
     """Slot table and both execution plans of :class:`CopyAttention` (see its docstring)."""
     cq, ck = view.weights.shape
     nk = view.k_class.numel()
-    n_slots = torch.zeros(ck, dtype=torch.long).index_reduce_(0, view.k_class, k_slot + 1, "amax", include_self=False)
+    n_slots = torch.zeros(ck, dtype=torch.long).scatter_reduce_(0, view.k_class, k_slot + 1, "amax", include_self=False)
     table = torch.full((ck, int(n_slots.max())), -1, dtype=torch.long)  # (Ck, max_slots), -1 where absent
     table[view.k_class, k_slot] = torch.arange(nk)
     n_allowed = view.allowed.sum(1).clamp(min=1)  # (Cq,) allowed key classes per query class
@@ -329,7 +329,8 @@ class PerceiverAttention(QKVAttentionType):
         lat_q = rearrange(latents, "l (h e) -> h l e", h=self.n_heads)
         logits = torch.einsum("hle,bhne->bhln", lat_q, k) * scale  # (B, H, L, nk)
         seg_max = logits.new_full((b, self.n_heads, n_lat, ck), float("-inf"))
-        seg_max = seg_max.index_reduce(3, view.k_class, logits.detach(), "amax", include_self=False)
+        classes = view.k_class.expand(logits.shape)  # scatter_reduce (stable), not the beta index_reduce that warns
+        seg_max = seg_max.scatter_reduce(3, classes, logits.detach(), "amax", include_self=False)
         p = (logits - seg_max.index_select(3, view.k_class)).exp()
         p = p / class_sum(p, view.k_class, ck, dim=3).index_select(3, view.k_class)
         z = class_sum(p[..., None] * v[:, :, None], view.k_class, ck, dim=3)  # (B, H, L, Ck, hd)

@@ -33,10 +33,6 @@ from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError
 from canvas_engineering.plugin_host.host import get_registry
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-]
-
 TYPES = sorted(get_registry().attention_types.names())
 D = 32
 HEADS = 2

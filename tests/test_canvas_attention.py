@@ -28,10 +28,6 @@ from canvas_engineering.declare.topology import CanvasTopology, Connection
 from canvas_engineering.errors import CanvasValidationError, UnknownAttentionTypeError
 from canvas_engineering.plugin_host.host import get_registry, hookimpl, register_plugin, unregister_plugin
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-]
-
 D = 32
 HEADS = 2
 

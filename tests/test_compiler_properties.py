@@ -446,6 +446,7 @@ def _flex_vs_sdpa(
     return out, ref, allowed.any(dim=1)
 
 
+# torch advises compiling flex; these tests run it eager on purpose (one test compiles it).
 _NO_COMPILE_WARNING = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 

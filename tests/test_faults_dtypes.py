@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from canvas_engineering.plugins.attention import BUILTIN_TYPES
-from canvas_fixtures import FORMATS, tiny_batch, tiny_loader, tiny_schema
+from canvas_fixtures import FORMATS, NO_VAL_DATA, tiny_batch, tiny_loader, tiny_schema
 
 from canvas_engineering import (
     CanvasAttention,
@@ -35,11 +35,7 @@ from canvas_engineering import (
 from canvas_engineering.errors import PrecisionError
 from canvas_engineering.models.region_codecs import RegionDecoder, RegionEncoder, RegionFormat
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-    pytest.mark.filterwarnings("ignore::UserWarning:lightning"),
-    pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
-]
+pytestmark = NO_VAL_DATA
 
 LAYOUT = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 1), "b": (0, 2, 0, 2, 1, 2)})
 TYPES = [cls.name for cls in BUILTIN_TYPES]

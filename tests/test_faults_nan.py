@@ -25,10 +25,6 @@ from canvas_engineering import CanvasAttention, CanvasModule, CanvasTopology, Co
 from canvas_engineering.attention.kernels import softmax_attention
 from canvas_engineering.errors import CanvasValidationError, NonFiniteLossError
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-]
-
 KERNELS = ("dense", "tiled", "flex", "partitioned")
 TRAINABLE = ("dense", "tiled", "partitioned")  # flex backward is refused on CPU (checked below)
 VALUES = (math.nan, math.inf, -math.inf)

@@ -47,8 +47,6 @@ from canvas_engineering.errors import (
 from canvas_engineering.models.looped import LoopedBlockWrapper
 from canvas_engineering.validation import check_bool, check_finite_float, check_int, is_finite_number, is_int
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-
 KERNELS = ("dense", "tiled", "flex", "partitioned")
 
 

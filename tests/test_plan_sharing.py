@@ -39,8 +39,6 @@ from canvas_engineering.compilation.compiler import compile_additive_mask, compi
 from canvas_engineering.plugin_host.host import get_registry
 from canvas_engineering.plugin_host.registry import PluginRegistry
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-
 D = 32
 LAYOUT = CanvasLayout(
     T=4, H=4, W=4, d_model=D, regions={"video": (0, 4, 0, 3, 0, 4), "act": (0, 4, 3, 4, 0, 2)}

@@ -18,9 +18,12 @@ import torch
 pytest.importorskip("lightning")
 gym = pytest.importorskip("gymnasium")
 
+from canvas_fixtures import NO_VAL_DATA  # noqa: E402
+
 from canvas_engineering import CanvasPolicy, evaluate_policy  # noqa: E402
 from canvas_engineering.errors import CanvasError, MissingDependencyError, PolicyError  # noqa: E402
 
+pytestmark = NO_VAL_DATA  # the tiny models are fitted without validation data on purpose
 T = 4
 OBS_STD = [2.4, 2.0, 0.2095, 2.0]
 

@@ -28,6 +28,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, Final
 
+from canvas_engineering._json_source import FILE_KEYS
 from canvas_engineering.declare.layout import CanvasLayout
 from canvas_engineering.declare.region import RegionSpec
 from canvas_engineering.declare.topology import CanvasTopology, Connection, TemporalFill
@@ -52,19 +53,8 @@ EXTRAS_KEY: Final = "published_extras"
 PUBLISHED_KEYS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "schema": (("layout", "regions"), ("schema_version", "topology", "metadata")),
     "layout": (("T", "d_model"), ("H", "W", "spatial_shape", "t_current")),
-    "region": (
-        ("bounds",),
-        (
-            "period",
-            "is_output",
-            "loss_weight",
-            "semantic_type",
-            "semantic_embedding",
-            "embedding_model",
-            "default_attn",
-            "carrier",
-        ),
-    ),
+    # our region keys (one list of the region fields) plus the published "carrier"
+    "region": (FILE_KEYS["schema.region"].required, (*FILE_KEYS["schema.region"].optional, "carrier")),
     "connection": (("src", "dst"), ("weight", "t_src", "t_dst", "fn", "operator", "write_mode")),
 }
 
